@@ -70,6 +70,10 @@ type WAL struct {
 
 	appends, entries, bytes atomic.Uint64
 
+	// wedged is set when Pebble panicked while holding its own locks; the
+	// DB can then not be closed, only abandoned to the exiting process.
+	wedged atomic.Bool
+
 	mu struct {
 		sync.Mutex
 		closed bool
@@ -128,6 +132,10 @@ func (w *WAL) Close() error {
 // closeAfterFailure closes Pebble after a fatal error, swallowing the
 // panics and errors its broken commit pipeline may raise on the way.
 func (w *WAL) closeAfterFailure() {
+	if w.wedged.Load() {
+		w.logger.Warn("pebble is wedged after a failure; abandoning it to the exiting process")
+		return
+	}
 	defer func() {
 		if r := recover(); r != nil {
 			w.logger.Warn("closing pebble after a failure", "panic", r)
@@ -178,12 +186,18 @@ func (w *WAL) fail(err error) error {
 // Pebble fatal error into the sticky failure.
 func (w *WAL) commit(b *pebble.Batch, opt *pebble.WriteOptions) (err error) {
 	defer func() {
-		if r := recover(); r != nil {
-			f, ok := r.(pebbleFatal)
-			if !ok {
-				panic(r)
-			}
-			err = w.fail(f.err)
+		switch r := recover().(type) {
+		case nil:
+		case pebbleFatal:
+			err = w.fail(r.err)
+		case error:
+			// Pebble panics with the bare error when a WAL write fails in
+			// its commit pipeline, with its commit mutex held: Close must
+			// not wait on that mutex.
+			w.wedged.Store(true)
+			err = w.fail(r)
+		default:
+			panic(r)
 		}
 	}()
 	if err := b.Commit(opt); err != nil {
@@ -200,6 +214,19 @@ func (w *WAL) commit(b *pebble.Batch, opt *pebble.WriteOptions) (err error) {
 // Append retains the Entries (and their Data) in its entry cache: the
 // caller must not modify them afterwards, which raft never does.
 func (w *WAL) Append(updates []Update) error {
+	return w.append(updates, w.writeOpt)
+}
+
+// AppendUnsynced writes the updates like Append but without waiting for an
+// fsync. It is for what raft does not need durable before acting on it
+// (Ready.MustSync false: only the commit index moved). Pebble commits
+// batches in order, so the next Append makes it durable too; a crash
+// before then loses only the commit index advance, which raft re-learns.
+func (w *WAL) AppendUnsynced(updates []Update) error {
+	return w.append(updates, pebble.NoSync)
+}
+
+func (w *WAL) append(updates []Update, opt *pebble.WriteOptions) error {
 	if err := w.checkOpen(); err != nil {
 		return err
 	}
@@ -256,7 +283,7 @@ func (w *WAL) Append(updates []Update) error {
 	if b.Empty() {
 		return nil
 	}
-	if err := w.commit(b, w.writeOpt); err != nil {
+	if err := w.commit(b, opt); err != nil {
 		return err
 	}
 	w.appends.Add(1)
