@@ -1,0 +1,195 @@
+package replication
+
+import (
+	"fmt"
+	"time"
+
+	"go.etcd.io/raft/v3"
+	"go.etcd.io/raft/v3/raftpb"
+
+	"kvnode/transport"
+	"kvnode/wal"
+)
+
+// appendWork is one group's MsgStorageAppend: entries, hard state and
+// snapshot to persist, and the messages to deliver once they are durable.
+type appendWork struct {
+	r      *replica
+	m      *raftpb.Message
+	staged *snapshotRequest // the staged snapshot, if m carries one
+}
+
+// enqueueAppends hands a cycle's log writes to the appender.
+func (h *Host) enqueueAppends(work []appendWork) {
+	h.appender.Lock()
+	h.appender.queue = append(h.appender.queue, work...)
+	h.appender.Unlock()
+	select {
+	case h.appender.wake <- struct{}{}:
+	default:
+	}
+}
+
+// runAppender is the goroutine that writes the WAL. Each round takes
+// everything queued (possibly from several cycles of the loop), writes it
+// as ONE batch with ONE fsync, then delivers the responses that waited for
+// it: to peers (a follower's acknowledgement, a vote) through the
+// transport, and to raft itself (MsgStorageAppendResp) through the loop's
+// inbox. While it waits on the disk, the loop keeps stepping messages and
+// proposals, and whatever arrives meanwhile joins the next batch.
+func (h *Host) runAppender() {
+	defer h.wg.Done()
+	for {
+		select {
+		case <-h.ctx.Done():
+			h.dropAppends()
+			return
+		case <-h.appender.wake:
+		}
+		for {
+			h.appender.Lock()
+			work := h.appender.queue
+			h.appender.queue = nil
+			h.appender.Unlock()
+			if len(work) == 0 {
+				break
+			}
+			if err := h.persist(work); err != nil {
+				h.failStopFromTask(err)
+				h.dropAppends()
+				return
+			}
+		}
+	}
+}
+
+// dropAppends discards queued writes on shutdown: nothing in them was
+// acknowledged, and staged snapshots are released.
+func (h *Host) dropAppends() {
+	h.appender.Lock()
+	work := h.appender.queue
+	h.appender.queue = nil
+	h.appender.Unlock()
+	for _, w := range work {
+		if w.staged != nil {
+			w.staged.finish(ErrStopped)
+		}
+	}
+}
+
+// persist writes one round of appends and delivers their responses.
+func (h *Host) persist(work []appendWork) error {
+	h.persistMu.Lock()
+	defer h.persistMu.Unlock()
+
+	// Snapshots go into the engine first, so the log never claims a state
+	// the engine does not have.
+	for _, w := range work {
+		if w.staged == nil {
+			continue
+		}
+		if w.r.removed.Load() {
+			w.staged.finish(ErrGroupNotFound)
+			continue
+		}
+		if err := h.installSnapshot(w.r, w.staged); err != nil {
+			w.staged.finish(err)
+			return err
+		}
+		w.staged.finish(nil)
+		r, idx := w.r, w.m.GetSnapshot().GetMetadata().GetIndex()
+		h.runTaskAsync(func() { r.snapshotApplied(idx) })
+	}
+
+	// One update per group, merging the group's messages in order.
+	ups := make([]wal.Update, 0, len(work))
+	slot := make(map[uint64]int, len(work))
+	sync := false
+	for _, w := range work {
+		if w.r.removed.Load() {
+			continue
+		}
+		m := w.m
+		sync = sync || needsSync(w.r, m)
+		i, ok := slot[w.r.id]
+		if !ok {
+			i = len(ups)
+			slot[w.r.id] = i
+			ups = append(ups, wal.Update{Group: w.r.id})
+		}
+		u := &ups[i]
+		if s := m.GetSnapshot(); !raft.IsEmptySnap(s) {
+			u.Snapshot, u.Entries = s, nil
+		}
+		if ents := m.GetEntries(); len(ents) > 0 {
+			if len(u.Entries) == 0 {
+				u.Entries = ents
+			} else {
+				// A later append replaces the suffix from its first index.
+				// raft owns both slices: build a new one.
+				first := ents[0].GetIndex()
+				keep := u.Entries[:0:0]
+				for _, e := range u.Entries {
+					if e.GetIndex() < first {
+						keep = append(keep, e)
+					}
+				}
+				u.Entries = append(keep, ents...)
+			}
+		}
+		if m.Term != nil {
+			u.HardState = &raftpb.HardState{Term: m.Term, Vote: m.Vote, Commit: m.Commit}
+		}
+	}
+	if len(ups) > 0 {
+		// A round that only moved commit indexes needs no fsync (see
+		// needsSync); the next synced round makes it durable too.
+		write := h.wal.AppendUnsynced
+		if sync {
+			write = h.wal.Append
+			h.metrics.walAppends.Add(1)
+		}
+		t0 := time.Now()
+		if err := write(ups); err != nil {
+			return fmt.Errorf("wal append: %w", err)
+		}
+		h.metrics.walNanos.Add(uint64(time.Since(t0)))
+	}
+
+	// Now durable: deliver what waited for it, in order.
+	var local []transport.Message
+	out := make(map[uint64][]transport.Message)
+	for _, w := range work {
+		for _, resp := range w.m.GetResponses() {
+			if resp.GetTo() == h.cfg.NodeID {
+				local = append(local, transport.Message{Group: w.r.id, Msg: resp})
+				continue
+			}
+			out[resp.GetTo()] = append(out[resp.GetTo()], transport.Message{Group: w.r.id, Msg: resp})
+		}
+	}
+	for to, msgs := range out {
+		h.tr.Send(to, msgs)
+	}
+	if len(local) > 0 {
+		h.HandleMessages(h.cfg.NodeID, local)
+	}
+	return nil
+}
+
+// needsSync reports whether m writes something raft requires durable
+// before its responses go out: entries, a snapshot, a new term or vote.
+// A commit index alone does not need it. Its responses only vouch for
+// writes of earlier rounds, and every round with entries, a snapshot or a
+// term or vote was synced; raft re-learns a lost commit index from the
+// leader (and recovery never lets it fall below what was applied).
+func needsSync(r *replica, m *raftpb.Message) bool {
+	if len(m.GetEntries()) > 0 || !raft.IsEmptySnap(m.GetSnapshot()) {
+		return true
+	}
+	if m.Term == nil {
+		return false
+	}
+	term, vote, _ := r.st.HardState()
+	return m.GetTerm() != term || m.GetVote() != vote
+}

@@ -1,0 +1,154 @@
+package replication
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"time"
+
+	"kvnode/engine"
+	"kvnode/transport"
+	"kvnode/wal"
+)
+
+// Transport carries raft messages and snapshot streams to other nodes. It
+// is implemented by *transport.Transport; Send must never block.
+type Transport interface {
+	Send(to uint64, msgs []transport.Message)
+	SendSnapshot(ctx context.Context, to uint64, m transport.Message, body func(w io.Writer) error) error
+}
+
+// Config configures a Host. Fields without a default are required.
+type Config struct {
+	// NodeID is this node's raft replica id in every group. Required, and
+	// never 0.
+	NodeID uint64
+	// WAL holds every group's raft log. Required; the Host does not close it.
+	WAL *wal.WAL
+	// Engine holds every group's state machine. Required; the Host does not
+	// close it.
+	Engine *engine.Engine
+	// Transport reaches the other nodes. Required.
+	Transport Transport
+	// Logger. Default: discard.
+	Logger *slog.Logger
+
+	// TickInterval is raft's logical clock period. Default: 50ms.
+	TickInterval time.Duration
+	// HeartbeatTicks is the leader's heartbeat period in ticks. Default: 2.
+	HeartbeatTicks int
+	// ElectionTicks is the election timeout in ticks; raft randomizes it
+	// in [ElectionTicks, 2*ElectionTicks). Default: 10.
+	ElectionTicks int
+
+	// MaxSizePerMsg bounds the entries in one append message. Default: 1 MiB.
+	MaxSizePerMsg uint64
+	// MaxInflightMsgs bounds unacknowledged append messages per follower.
+	// Default: 256.
+	MaxInflightMsgs int
+	// MaxUncommittedBytes bounds a leader's uncommitted entries per group;
+	// beyond it proposals are dropped (ErrProposalDropped). Default: 64 MiB.
+	MaxUncommittedBytes uint64
+
+	// EngineSyncInterval is how often the engine is fsynced. Engine writes
+	// skip fsync (the log can replay them), so this bounds how much log
+	// must be kept and replayed after a crash. Default: 1s.
+	EngineSyncInterval time.Duration
+	// CompactThreshold is how many applied-and-synced entries a group's log
+	// may hold before it is compacted. Default: 4096.
+	CompactThreshold uint64
+	// LogRetainEntries is how many entries below the compaction point's
+	// candidate are kept anyway, so that a follower slightly behind catches
+	// up from the log instead of a snapshot. Default: 1024.
+	LogRetainEntries uint64
+	// MaxConcurrentSnapshots bounds the snapshots this node sends at once.
+	// Default: 2.
+	MaxConcurrentSnapshots int
+	// ReadIndexTimeoutTicks is how long a linearizable read waits for its
+	// read index before failing with ErrReadDropped. Default: 2 election
+	// timeouts.
+	ReadIndexTimeoutTicks int
+}
+
+// EnsureDefaults returns a copy of c with every unset field defaulted.
+func (c *Config) EnsureDefaults() *Config {
+	n := *c
+	if n.Logger == nil {
+		n.Logger = slog.New(slog.DiscardHandler)
+	}
+	if n.TickInterval == 0 {
+		n.TickInterval = 50 * time.Millisecond
+	}
+	if n.HeartbeatTicks == 0 {
+		n.HeartbeatTicks = 2
+	}
+	if n.ElectionTicks == 0 {
+		n.ElectionTicks = 10
+	}
+	if n.MaxSizePerMsg == 0 {
+		n.MaxSizePerMsg = 1 << 20
+	}
+	if n.MaxInflightMsgs == 0 {
+		n.MaxInflightMsgs = 256
+	}
+	if n.MaxUncommittedBytes == 0 {
+		n.MaxUncommittedBytes = 64 << 20
+	}
+	if n.EngineSyncInterval == 0 {
+		n.EngineSyncInterval = time.Second
+	}
+	if n.CompactThreshold == 0 {
+		n.CompactThreshold = 4096
+	}
+	if n.LogRetainEntries == 0 {
+		n.LogRetainEntries = 1024
+	}
+	if n.MaxConcurrentSnapshots == 0 {
+		n.MaxConcurrentSnapshots = 2
+	}
+	if n.ReadIndexTimeoutTicks == 0 {
+		n.ReadIndexTimeoutTicks = 2 * n.ElectionTicks
+	}
+	return &n
+}
+
+// Validate reports every problem with c at once.
+func (c *Config) Validate() error {
+	var errs []error
+	if c.NodeID == 0 {
+		errs = append(errs, errors.New("NodeID must not be 0"))
+	}
+	if c.WAL == nil {
+		errs = append(errs, errors.New("WAL is required"))
+	}
+	if c.Engine == nil {
+		errs = append(errs, errors.New("Engine is required"))
+	}
+	if c.Transport == nil {
+		errs = append(errs, errors.New("Transport is required"))
+	}
+	if c.TickInterval < time.Millisecond {
+		errs = append(errs, fmt.Errorf("TickInterval %v is below 1ms", c.TickInterval))
+	}
+	if c.HeartbeatTicks < 1 {
+		errs = append(errs, fmt.Errorf("HeartbeatTicks %d must be at least 1", c.HeartbeatTicks))
+	}
+	if c.ElectionTicks <= c.HeartbeatTicks {
+		errs = append(errs, fmt.Errorf("ElectionTicks %d must exceed HeartbeatTicks %d", c.ElectionTicks, c.HeartbeatTicks))
+	}
+	if c.MaxInflightMsgs < 1 {
+		errs = append(errs, fmt.Errorf("MaxInflightMsgs %d must be at least 1", c.MaxInflightMsgs))
+	}
+	if c.MaxConcurrentSnapshots < 1 {
+		errs = append(errs, fmt.Errorf("MaxConcurrentSnapshots %d must be at least 1", c.MaxConcurrentSnapshots))
+	}
+	if c.EngineSyncInterval < 0 {
+		errs = append(errs, fmt.Errorf("EngineSyncInterval %v is negative", c.EngineSyncInterval))
+	}
+	if err := errors.Join(errs...); err != nil {
+		return fmt.Errorf("replication: invalid config: %w", err)
+	}
+	return nil
+}
