@@ -58,6 +58,9 @@ type Host struct {
 
 	metrics metrics
 
+	// draining makes the host refuse leadership transfers to it.
+	draining atomic.Bool
+
 	// appender is the goroutine that writes the WAL (appender.go).
 	appender struct {
 		sync.Mutex
@@ -75,15 +78,15 @@ type Host struct {
 	appendWork []appendWork
 	applyWork  []applyWork
 	readGroups []*replica // groups with reads to issue
-	outbox   map[uint64][]transport.Message
-	opsBuf   []engine.Op
-	tickNow  uint64
-	snapSem  chan struct{}
-	ctx      context.Context
-	cancel   context.CancelFunc
-	stopOnce sync.Once
-	wg       sync.WaitGroup
-	loopDone chan struct{}
+	outbox     map[uint64][]transport.Message
+	opsBuf     []engine.Op
+	tickNow    uint64
+	snapSem    chan struct{}
+	ctx        context.Context
+	cancel     context.CancelFunc
+	stopOnce   sync.Once
+	wg         sync.WaitGroup
+	loopDone   chan struct{}
 }
 
 type readyGroup struct {
@@ -142,6 +145,11 @@ func (h *Host) Close() error {
 	})
 	return nil
 }
+
+// Drain makes this host refuse to take leadership by transfer (it drops
+// MsgTimeoutNow), so that a node on its way out can hand its groups away
+// without other nodes handing them straight back.
+func (h *Host) Drain() { h.draining.Store(true) }
 
 // Err returns the storage error that stopped the host, or nil. Once it is
 // non-nil the host acknowledges nothing more (fail-stop): the node should
@@ -274,10 +282,14 @@ func (h *Host) processInbox() {
 	h.inbox.snaps, h.inbox.tasks, h.inbox.unreachable = nil, nil, nil
 	h.inbox.Unlock()
 
+	draining := h.draining.Load()
 	for _, m := range msgs {
 		r, ok := h.mu.groups[m.Group]
 		if !ok {
 			continue // not (yet, or any more) ours; raft will retry
+		}
+		if draining && m.Msg.GetType() == raftpb.MessageType_MsgTimeoutNow {
+			continue // a draining node takes no leadership
 		}
 		if err := r.rn.Step(m.Msg); err != nil && !errors.Is(err, raft.ErrStepPeerNotFound) {
 			h.logger.Debug("step", "group", r.id, "type", m.Msg.GetType(), "err", err)
@@ -334,6 +346,10 @@ func (h *Host) cycle() error {
 		g := &readies[i]
 		if g.rd.SoftState != nil {
 			h.onSoftState(g.r, g.rd.SoftState)
+		}
+		if hs := g.rd.HardState; hs != nil {
+			g.r.term.Store(hs.GetTerm())
+			g.r.commit.Store(hs.GetCommit())
 		}
 		g.r.noteProposed(g.rd.Entries)
 		for _, m := range g.rd.Messages {

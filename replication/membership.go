@@ -216,7 +216,9 @@ type GroupStatus struct {
 	Group    uint64
 	Leader   uint64
 	IsLeader bool
-	Applied  uint64
+	// Term is the replica's current term; Commit the highest index it
+	// knows committed; Applied the highest it applied.
+	Term, Commit, Applied uint64
 	// Voters and Learners are the configuration as of Applied.
 	Voters, Learners []uint64
 }
@@ -236,6 +238,8 @@ func (r *replica) status() GroupStatus {
 		Group:    r.id,
 		Leader:   r.leader.Load(),
 		IsLeader: r.isLeader.Load(),
+		Term:     r.term.Load(),
+		Commit:   r.commit.Load(),
 		Applied:  r.applied.Load(),
 		Voters:   slices.Clone(cs.GetVoters()),
 		Learners: slices.Clone(cs.GetLearners()),

@@ -24,6 +24,8 @@ type replica struct {
 	leader   atomic.Uint64
 	isLeader atomic.Bool
 	applied  atomic.Uint64
+	term     atomic.Uint64
+	commit   atomic.Uint64
 	// conf is the latest applied ConfState (*raftpb.ConfState, never
 	// modified once published).
 	conf atomic.Pointer[raftpb.ConfState]
@@ -62,6 +64,8 @@ func newReplica(id uint64, st *groupStorage, rn *raft.RawNode, applied uint64, c
 	bs := rn.BasicStatus()
 	r.state = bs.RaftState
 	r.leader.Store(bs.Lead)
+	r.term.Store(bs.GetTerm())
+	r.commit.Store(bs.GetCommit())
 	return r
 }
 

@@ -1,0 +1,226 @@
+package node
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/http"
+	"slices"
+	"strconv"
+	"time"
+)
+
+// Operator endpoints: events, rebalance status, node removal.
+
+// handleEvents streams the node's events as server-sent events: the recent
+// ones after ?since=SEQ (or the Last-Event-ID header), then new ones as
+// they happen.
+func (n *Node) handleEvents(w http.ResponseWriter, r *http.Request) {
+	fl, ok := w.(http.Flusher)
+	if !ok {
+		writeError(w, http.StatusInternalServerError, "streaming unsupported")
+		return
+	}
+	after := uint64(0)
+	if s := r.Header.Get("Last-Event-ID"); s != "" {
+		after, _ = strconv.ParseUint(s, 10, 64)
+	} else if s := r.URL.Query().Get("since"); s != "" {
+		v, err := strconv.ParseUint(s, 10, 64)
+		if err != nil {
+			writeError(w, http.StatusBadRequest, fmt.Sprintf("since %q is not an event sequence number", s))
+			return
+		}
+		after = v
+	}
+	past, ch, cancel := n.events.subscribe(after)
+	defer cancel()
+	w.Header().Set("Content-Type", "text/event-stream")
+	w.Header().Set("Cache-Control", "no-cache")
+	w.WriteHeader(http.StatusOK)
+	send := func(e Event) bool {
+		b, _ := json.Marshal(e)
+		_, err := fmt.Fprintf(w, "id: %d\nevent: %s\ndata: %s\n\n", e.Seq, e.Type, b)
+		return err == nil
+	}
+	for _, e := range past {
+		if !send(e) {
+			return
+		}
+	}
+	fl.Flush()
+	keepalive := time.NewTicker(15 * time.Second)
+	defer keepalive.Stop()
+	for {
+		select {
+		case <-r.Context().Done():
+			return
+		case <-n.ctx.Done():
+			return
+		case e, ok := <-ch:
+			if !ok || !send(e) {
+				return
+			}
+			fl.Flush()
+		case <-keepalive.C:
+			if _, err := fmt.Fprint(w, ": keepalive\n\n"); err != nil {
+				return
+			}
+			fl.Flush()
+		}
+	}
+}
+
+// moveStatus is one group on the way to its desired replicas.
+type moveStatus struct {
+	Partition string   `json:"partition"`
+	Current   []string `json:"current"`
+	Desired   []string `json:"desired"`
+	Learners  []string `json:"learners,omitempty"`
+}
+
+// handleRebalance reports replica movement: what is moving, the snapshot
+// bytes sent so far by every node, and an estimate of the time left from
+// the recent rate of completed moves.
+func (n *Node) handleRebalance(w http.ResponseWriter, r *http.Request) {
+	m, err := n.meta.load()
+	if err != nil {
+		writeError(w, http.StatusServiceUnavailable, err.Error())
+		return
+	}
+	moving := n.movingGroups(m)
+	var moves []moveStatus
+	for _, g := range m.sortedGroups() {
+		if !moving[g] {
+			continue
+		}
+		ms := moveStatus{Partition: partitionName(g)}
+		for _, id := range m.Groups[g].Voters {
+			ms.Desired = append(ms.Desired, m.nodeName(id))
+		}
+		if gr, ok := n.view.leaderOf(g); ok {
+			for _, id := range gr.Voters {
+				ms.Current = append(ms.Current, m.nodeName(id))
+			}
+			for _, id := range gr.Learners {
+				ms.Learners = append(ms.Learners, m.nodeName(id))
+			}
+		}
+		moves = append(moves, ms)
+	}
+	var bytesSent, snapshots uint64
+	for _, id := range m.sortedNodes() {
+		if rep, ok := n.view.report(id); ok {
+			bytesSent += rep.SnapshotBytesSent
+			snapshots += rep.SnapshotsSent
+		}
+	}
+	resp := map[string]any{
+		"rebalancing":         len(moves) > 0,
+		"partitions_moving":   len(moves),
+		"moves":               moves,
+		"snapshot_bytes_sent": bytesSent,
+		"snapshots_sent":      snapshots,
+	}
+	if eta, ok := n.rebalanceETA(len(moves)); ok {
+		resp["eta_seconds"] = eta.Seconds()
+	}
+	writeJSON(w, http.StatusOK, resp)
+}
+
+// rebalanceETA estimates the time left from how fast the number of moving
+// groups has been falling.
+func (n *Node) rebalanceETA(moving int) (time.Duration, bool) {
+	if moving == 0 {
+		return 0, true
+	}
+	n.view.mu.Lock()
+	defer n.view.mu.Unlock()
+	h := n.view.movingHistory
+	if len(h) < 2 {
+		return 0, false
+	}
+	first, last := h[0], h[len(h)-1]
+	done := first.moving - last.moving
+	el := last.at.Sub(first.at)
+	if done <= 0 || el <= 0 {
+		return 0, false
+	}
+	return time.Duration(float64(el) / float64(done) * float64(moving)), true
+}
+
+// handleRemove removes a node: a live one is drained (placement moves its
+// replicas to the others, each removed only after its replacement caught
+// up), a dead one is forgotten the same way. Refused if the remaining
+// active nodes could not hold every partition's replicas, unless
+// ?force=true.
+func (n *Node) handleRemove(w http.ResponseWriter, r *http.Request) {
+	name := r.URL.Query().Get("node")
+	if name == "" {
+		writeError(w, http.StatusBadRequest, "missing ?node=NODE_ID")
+		return
+	}
+	force := r.URL.Query().Get("force") == "true"
+	if !n.isMetaLeader() {
+		m, err := n.meta.load()
+		var ld *nodeInfo
+		if err == nil {
+			ld, _ = n.metaLeader(m)
+		}
+		if ld == nil || !n.forward(w, r, &notLeaderError{Group: metaGroup, Leader: ld}, nil) {
+			writeError(w, http.StatusServiceUnavailable, "the cluster has no meta leader right now; retry")
+		}
+		return
+	}
+	ctx, cancel := context.WithTimeout(r.Context(), n.cfg.RequestTimeout)
+	defer cancel()
+	var prev string
+	_, err := n.updateMeta(ctx, func(m *metaState) error {
+		ni := m.nodeByName(name)
+		if ni == nil {
+			for _, id := range m.sortedNodes() {
+				if m.Nodes[id].Name == name {
+					ni = m.Nodes[id]
+				}
+			}
+		}
+		if ni == nil {
+			return &joinError{status: http.StatusNotFound, msg: fmt.Sprintf("no node %q in the cluster", name)}
+		}
+		if ni.State == nodeRemoved {
+			return errNoChange
+		}
+		active := m.activeNodes()
+		remaining := len(active)
+		if slices.Contains(active, ni.ID) {
+			remaining--
+		}
+		if remaining < 1 {
+			return &joinError{status: http.StatusConflict, msg: "cannot remove the last active node"}
+		}
+		if remaining < m.ReplicationFactor && !force {
+			return &joinError{status: http.StatusConflict, msg: fmt.Sprintf(
+				"removing %q would leave %d active nodes for a replication factor of %d; add a node first, or pass force=true",
+				name, remaining, m.ReplicationFactor)}
+		}
+		prev = ni.State
+		ni.State, ni.Since = nodeRemoved, time.Now().UTC()
+		place(m, placementInput{moving: map[uint64]bool{}})
+		return nil
+	})
+	if err != nil {
+		var je *joinError
+		if errors.As(err, &je) {
+			writeError(w, je.status, je.msg)
+			return
+		}
+		writeError(w, http.StatusServiceUnavailable, err.Error())
+		return
+	}
+	if prev != "" {
+		n.events.emit(Event{Type: EventNodeLeave, Node: name, Reason: "removed",
+			Message: fmt.Sprintf("removed by an operator (was %s); its replicas move to the other nodes", prev)})
+	}
+	writeJSON(w, http.StatusAccepted, map[string]any{"node": name, "state": nodeRemoved,
+		"message": "replicas are moving away; follow GET /rebalance"})
+}

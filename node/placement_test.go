@@ -1,0 +1,157 @@
+package node
+
+import (
+	"fmt"
+	"slices"
+	"testing"
+)
+
+func testMeta(nodes, partitions, rf int, replicas func(g uint64) []uint64) *metaState {
+	m := &metaState{Partitions: partitions, ReplicationFactor: rf, Nodes: map[uint64]*nodeInfo{}, Groups: map[uint64]*groupInfo{}}
+	for i := 1; i <= nodes; i++ {
+		m.Nodes[uint64(i)] = &nodeInfo{ID: uint64(i), Name: fmt.Sprintf("node-%d", i), State: nodeActive}
+	}
+	m.Groups[metaGroup] = &groupInfo{Voters: []uint64{1}}
+	for p := range partitions {
+		g := partitionGroup(p)
+		m.Groups[g] = &groupInfo{Voters: replicas(g)}
+	}
+	return m
+}
+
+// settle runs placement until it changes nothing (every move it starts
+// is taken to complete at once), and returns the number of rounds.
+func settle(t *testing.T, m *metaState) int {
+	t.Helper()
+	for round := 1; round < 1000; round++ {
+		if !place(m, placementInput{}) {
+			return round
+		}
+	}
+	t.Fatal("placement did not settle in 1000 rounds")
+	return 0
+}
+
+func loads(m *metaState) (replicas, leaders map[uint64]int) {
+	replicas, leaders = map[uint64]int{}, map[uint64]int{}
+	for _, gid := range partitionGroups(m) {
+		g := m.Groups[gid]
+		for _, id := range g.Voters {
+			replicas[id]++
+		}
+		leaders[g.Leader]++
+	}
+	return replicas, leaders
+}
+
+func TestPlacement(t *testing.T) {
+	tests := []struct {
+		name          string
+		nodes, rf     int
+		dead, removed []uint64
+		start         func(g uint64) []uint64
+		// wantReplicas is each active node's replica count (within slack),
+		// wantLeaders its leader count (within slack).
+		wantReplicas, wantLeaders, slack int
+	}{
+		{"one node", 1, 3, nil, nil, func(uint64) []uint64 { return []uint64{1} }, 64, 64, 0},
+		{"three nodes join the first", 3, 3, nil, nil, func(uint64) []uint64 { return []uint64{1} }, 64, 21, 1},
+		{"fourth node", 4, 3, nil, nil, func(uint64) []uint64 { return []uint64{1, 2, 3} }, 48, 16, 1},
+		{"ten nodes", 10, 3, nil, nil, func(uint64) []uint64 { return []uint64{1, 2, 3} }, 19, 6, 1},
+		{"dead node with a spare", 4, 3, []uint64{2}, nil, func(uint64) []uint64 { return []uint64{1, 2, 3} }, 64, 21, 1},
+		{"removed node with a spare", 4, 3, nil, []uint64{3}, func(uint64) []uint64 { return []uint64{1, 2, 3} }, 64, 21, 1},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			m := testMeta(tt.nodes, 64, tt.rf, tt.start)
+			for _, id := range tt.dead {
+				m.Nodes[id].State = nodeDead
+			}
+			for _, id := range tt.removed {
+				m.Nodes[id].State = nodeRemoved
+			}
+			rounds := settle(t, m)
+			replicas, leaders := loads(m)
+			for _, id := range m.activeNodes() {
+				if d := replicas[id] - tt.wantReplicas; d < -tt.slack || d > tt.slack {
+					t.Errorf("node %d holds %d replicas, want %d±%d", id, replicas[id], tt.wantReplicas, tt.slack)
+				}
+				if d := leaders[id] - tt.wantLeaders; d < -tt.slack || d > tt.slack {
+					t.Errorf("node %d leads %d groups, want %d±%d", id, leaders[id], tt.wantLeaders, tt.slack)
+				}
+			}
+			for _, id := range append(slices.Clone(tt.dead), tt.removed...) {
+				if replicas[id] != 0 || leaders[id] != 0 {
+					t.Errorf("inactive node %d still holds %d replicas and leads %d", id, replicas[id], leaders[id])
+				}
+			}
+			for _, gid := range partitionGroups(m) {
+				g := m.Groups[gid]
+				if len(g.Voters) != min(tt.rf, len(m.activeNodes())) {
+					t.Errorf("group %d has voters %v", gid, g.Voters)
+				}
+				if !slices.Contains(g.Voters, g.Leader) {
+					t.Errorf("group %d prefers leader %d, not one of its voters %v", gid, g.Leader, g.Voters)
+				}
+				seen := map[uint64]bool{}
+				for _, id := range g.Voters {
+					if seen[id] {
+						t.Errorf("group %d has node %d twice: %v", gid, id, g.Voters)
+					}
+					seen[id] = true
+				}
+			}
+			mg := m.Groups[metaGroup]
+			if len(mg.Voters) != min(metaVoters, len(m.activeNodes())) || len(mg.Voters)+len(mg.Learners) != len(m.activeNodes()) {
+				t.Errorf("meta group voters %v learners %v for %d active nodes", mg.Voters, mg.Learners, len(m.activeNodes()))
+			}
+			t.Logf("settled in %d rounds", rounds)
+		})
+	}
+}
+
+// TestPlacementKeepsDeadWithoutSpare checks that a group whose dead
+// replica cannot be replaced keeps it rather than shrinking.
+func TestPlacementKeepsDeadWithoutSpare(t *testing.T) {
+	m := testMeta(3, 8, 3, func(uint64) []uint64 { return []uint64{1, 2, 3} })
+	settle(t, m)
+	m.Nodes[3].State = nodeDead
+	settle(t, m)
+	for _, gid := range partitionGroups(m) {
+		if g := m.Groups[gid]; len(g.Voters) != 3 || !slices.Contains(g.Voters, 3) {
+			t.Fatalf("group %d voters %v: the dead replica was dropped without a replacement", gid, g.Voters)
+		}
+		if g := m.Groups[gid]; g.Leader == 3 {
+			t.Fatalf("group %d still prefers the dead node as leader", gid)
+		}
+	}
+}
+
+// TestPlacementOneMoveAtATime checks that rebalancing starts no move
+// while a group is still moving.
+func TestPlacementOneMoveAtATime(t *testing.T) {
+	m := testMeta(4, 64, 3, func(uint64) []uint64 { return []uint64{1, 2, 3} })
+	m.Groups[metaGroup].Voters = []uint64{1, 2, 3}
+	m.Groups[metaGroup].Learners = []uint64{4}
+	assignLeaders(m, m.activeNodes(), partitionGroups(m))
+	before := m.clone()
+	if !place(m, placementInput{}) {
+		t.Fatal("no move planned for an empty fourth node")
+	}
+	moved := 0
+	for _, gid := range partitionGroups(m) {
+		if !slices.Equal(before.Groups[gid].Voters, m.Groups[gid].Voters) {
+			moved++
+		}
+	}
+	if moved != 1 {
+		t.Fatalf("%d groups moved in one round, want 1", moved)
+	}
+	after := m.clone()
+	place(m, placementInput{moving: map[uint64]bool{5: true}})
+	for _, gid := range partitionGroups(m) {
+		if !slices.Equal(after.Groups[gid].Voters, m.Groups[gid].Voters) {
+			t.Fatalf("group %d moved while another group was moving", gid)
+		}
+	}
+}

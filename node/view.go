@@ -1,0 +1,233 @@
+package node
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"slices"
+	"sync"
+	"time"
+)
+
+// The cluster view. A node knows the raft state only of the groups it
+// holds. To answer /cluster for every partition, to tell which groups are
+// still moving, and to notice dead nodes, every node polls every other
+// active node's /internal/groups, where each reports the groups it leads.
+// For each group the report with the highest term wins.
+
+// groupReport is what a group's leader says about it.
+type groupReport struct {
+	Group    uint64            `json:"group"`
+	Leader   uint64            `json:"leader"`
+	Term     uint64            `json:"term"`
+	Commit   uint64            `json:"commit"`
+	Voters   []uint64          `json:"voters"`
+	Learners []uint64          `json:"learners,omitempty"`
+	Match    map[uint64]uint64 `json:"match,omitempty"`
+}
+
+// nodeReport is one node's answer to /internal/groups.
+type nodeReport struct {
+	Node     uint64        `json:"node"`
+	Replicas int           `json:"replicas"`
+	Ready    bool          `json:"ready"`
+	Leads    []groupReport `json:"leads"`
+	// SnapshotsSent and SnapshotBytesSent count this node's snapshot
+	// streams since it started (rebalance progress).
+	SnapshotsSent     uint64 `json:"snapshots_sent"`
+	SnapshotBytesSent uint64 `json:"snapshot_bytes_sent"`
+}
+
+// localReport builds this node's report.
+func (n *Node) localReport(ctx context.Context) nodeReport {
+	r := nodeReport{Node: n.id}
+	groups := n.host.Groups()
+	r.Replicas = len(groups)
+	r.Ready = n.readiness() == nil
+	tm := n.tr.Metrics().Total
+	r.SnapshotsSent, r.SnapshotBytesSent = tm.SnapshotsSent, tm.SnapshotBytesSent
+	for _, g := range groups {
+		st, err := n.host.Status(g)
+		if err != nil || !st.IsLeader {
+			continue
+		}
+		gr := groupReport{Group: g, Leader: n.id, Term: st.Term, Commit: st.Commit, Voters: st.Voters, Learners: st.Learners}
+		if prog, err := n.host.Progress(ctx, g); err == nil {
+			gr.Match = prog
+		}
+		r.Leads = append(r.Leads, gr)
+	}
+	return r
+}
+
+type view struct {
+	mu      sync.Mutex
+	reports map[uint64]nodeReport
+	lastOK  map[uint64]time.Time
+	lastErr map[uint64]string
+	// movingHistory samples the number of moving groups over the last
+	// minute, for the rebalance time estimate.
+	movingHistory []movingSample
+}
+
+type movingSample struct {
+	at     time.Time
+	moving int
+}
+
+func newView() *view {
+	return &view{reports: map[uint64]nodeReport{}, lastOK: map[uint64]time.Time{}, lastErr: map[uint64]string{}}
+}
+
+// leaderOf returns the freshest report of group g.
+func (v *view) leaderOf(g uint64) (groupReport, bool) {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	var best groupReport
+	found := false
+	for _, r := range v.reports {
+		for _, gr := range r.Leads {
+			if gr.Group == g && (!found || gr.Term > best.Term) {
+				best, found = gr, true
+			}
+		}
+	}
+	return best, found
+}
+
+// alive reports when a node last answered, and whether it ever did.
+func (v *view) alive(id uint64) (time.Time, bool) {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	t, ok := v.lastOK[id]
+	return t, ok
+}
+
+func (v *view) report(id uint64) (nodeReport, bool) {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	r, ok := v.reports[id]
+	return r, ok
+}
+
+// pollLoop refreshes the view from every active node.
+func (n *Node) pollLoop() {
+	defer n.wg.Done()
+	t := time.NewTicker(viewPollInterval)
+	defer t.Stop()
+	for {
+		n.pollOnce()
+		select {
+		case <-n.ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
+}
+
+const viewPollInterval = 300 * time.Millisecond
+
+func (n *Node) pollOnce() {
+	m, err := n.meta.load()
+	if err != nil {
+		return
+	}
+	now := time.Now()
+	var wg sync.WaitGroup
+	for _, id := range m.sortedNodes() {
+		ni := m.Nodes[id]
+		if ni.State == nodeRemoved {
+			continue
+		}
+		if id == n.id {
+			ctx, cancel := context.WithTimeout(n.ctx, time.Second)
+			r := n.localReport(ctx)
+			cancel()
+			n.view.mu.Lock()
+			n.view.reports[id], n.view.lastOK[id] = r, now
+			n.view.mu.Unlock()
+			continue
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			r, err := n.fetchReport(ni.HTTPAddr)
+			n.view.mu.Lock()
+			defer n.view.mu.Unlock()
+			if err != nil {
+				n.view.lastErr[id] = err.Error()
+				// A node that stopped answering leads nothing we know of.
+				delete(n.view.reports, id)
+				return
+			}
+			if r.Node != id {
+				n.view.lastErr[id] = fmt.Sprintf("address %s answers as node %d", ni.HTTPAddr, r.Node)
+				delete(n.view.reports, id)
+				return
+			}
+			n.view.reports[id], n.view.lastOK[id] = r, time.Now()
+			delete(n.view.lastErr, id)
+		}()
+	}
+	wg.Wait()
+	moving := len(n.movingGroups(m))
+	n.view.mu.Lock()
+	h := append(n.view.movingHistory, movingSample{at: now, moving: moving})
+	for len(h) > 0 && now.Sub(h[0].at) > time.Minute {
+		h = h[1:]
+	}
+	if moving == 0 {
+		h = h[:0]
+	}
+	n.view.movingHistory = h
+	n.view.mu.Unlock()
+}
+
+func (n *Node) fetchReport(addr string) (nodeReport, error) {
+	ctx, cancel := context.WithTimeout(n.ctx, time.Second)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+addr+"/internal/groups", nil)
+	if err != nil {
+		return nodeReport{}, err
+	}
+	resp, err := n.fwd.Do(req)
+	if err != nil {
+		return nodeReport{}, err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return nodeReport{}, fmt.Errorf("%s", resp.Status)
+	}
+	var r nodeReport
+	err = json.NewDecoder(io.LimitReader(resp.Body, 16<<20)).Decode(&r)
+	return r, err
+}
+
+// movingGroups lists the groups whose raft configuration differs from
+// their desired placement, or whose leader is not known.
+func (n *Node) movingGroups(m *metaState) map[uint64]bool {
+	moving := map[uint64]bool{}
+	for gid, g := range m.Groups {
+		gr, ok := n.view.leaderOf(gid)
+		if !ok {
+			moving[gid] = true
+			continue
+		}
+		if !sameSet(gr.Voters, g.Voters) || !sameSet(gr.Learners, g.Learners) {
+			moving[gid] = true
+		}
+	}
+	return moving
+}
+
+func sameSet(a, b []uint64) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	a, b = slices.Clone(a), slices.Clone(b)
+	slices.Sort(a)
+	slices.Sort(b)
+	return slices.Equal(a, b)
+}
