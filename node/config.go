@@ -70,6 +70,10 @@ type Config struct {
 	// FS is the filesystem for the stores. Default: the real disk. Tests
 	// inject faults through it.
 	FS vfs.FS
+	// PeerAddrs overrides, for raft traffic only, the address this node
+	// dials to reach a peer (by raft id). Tests put a fault-injecting
+	// proxy between each pair of nodes with it. Default: none.
+	PeerAddrs map[uint64]string
 }
 
 const (

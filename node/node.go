@@ -436,6 +436,9 @@ func (n *Node) bestTransferTarget(ctx context.Context, g uint64, st replication.
 // resolvePeer finds a peer's KV address: from the cluster state, or from
 // what the join answer said until the cluster state has arrived.
 func (n *Node) resolvePeer(id uint64) (string, error) {
+	if a, ok := n.cfg.PeerAddrs[id]; ok {
+		return a, nil
+	}
 	if m, err := n.meta.load(); err == nil {
 		if ni := m.Nodes[id]; ni != nil {
 			return ni.KVAddr, nil

@@ -103,6 +103,7 @@ func parseConfig(args []string, getenv func(string) string, out io.Writer) (node
 	logLevel := fs.String("log-level", "", "log level: debug, info, warn, error [$LOG_LEVEL] (default \"info\")")
 	logFormat := fs.String("log-format", "", "log format: text or json [$LOG_FORMAT] (default \"text\")")
 	faults := fs.String("test-fault-injection", "", "TEST ONLY: inject storage faults, e.g. \"sync-fail-after=100\" [$KVNODE_TEST_FAULTS]")
+	peers := fs.String("test-peer-addrs", "", "TEST ONLY: dial these addresses for raft traffic to peers, e.g. \"2=127.0.0.1:7001,3=127.0.0.1:7002\" [$KVNODE_TEST_PEER_ADDRS]")
 	fs.Usage = func() { usage(fs, out) }
 	if err := fs.Parse(args); err != nil {
 		return cfg, opts, err
@@ -132,6 +133,13 @@ func parseConfig(args []string, getenv func(string) string, out io.Writer) (node
 		problems = append(problems, fmt.Errorf("log format %q is not text or json", opts.logFormat))
 	}
 	opts.faults = firstNonEmpty(*faults, getenv("KVNODE_TEST_FAULTS"))
+	if spec := firstNonEmpty(*peers, getenv("KVNODE_TEST_PEER_ADDRS")); spec != "" {
+		m, err := parsePeerAddrs(spec)
+		if err != nil {
+			problems = append(problems, fmt.Errorf("--test-peer-addrs: %w", err))
+		}
+		cfg.PeerAddrs = m
+	}
 	if err := cfg.EnsureDefaults().Validate(); err != nil {
 		problems = append(problems, err)
 	}
@@ -167,4 +175,18 @@ Flags:
 	fs.PrintDefaults()
 	fs.SetOutput(out)
 	fmt.Fprint(out, b.String())
+}
+
+// parsePeerAddrs parses "ID=host:port,ID=host:port".
+func parsePeerAddrs(spec string) (map[uint64]string, error) {
+	m := map[uint64]string{}
+	for _, part := range strings.Split(spec, ",") {
+		id, addr, ok := strings.Cut(strings.TrimSpace(part), "=")
+		n, err := strconv.ParseUint(id, 10, 64)
+		if !ok || err != nil || n == 0 || addr == "" {
+			return nil, fmt.Errorf("%q is not RAFT_ID=host:port", part)
+		}
+		m[n] = addr
+	}
+	return m, nil
 }

@@ -34,6 +34,8 @@ type Options struct {
 	Dir string
 	// Env is added to every node's environment (TICK_INTERVAL=10ms, say).
 	Env []string
+	// NodeEnv, if set, adds node i's own variables (0-based), after Env.
+	NodeEnv func(i int) []string
 	// Output, if set, also receives every node's log lines, each prefixed
 	// with "[node-N] ".
 	Output io.Writer
@@ -167,6 +169,9 @@ func (c *Cluster) AddNode(ctx context.Context, join bool) (*Node, error) {
 		n.env = append(n.env, "JOIN_ADDR="+c.Node(0).HTTPAddr)
 	}
 	n.env = append(n.env, c.opts.Env...)
+	if c.opts.NodeEnv != nil {
+		n.env = append(n.env, c.opts.NodeEnv(i)...)
+	}
 	c.mu.Lock()
 	c.nodes = append(c.nodes, n)
 	c.mu.Unlock()
@@ -281,6 +286,9 @@ func (n *Node) Stop(timeout time.Duration) (int, error) {
 // Pause stops the process with SIGSTOP; Resume continues it.
 func (n *Node) Pause() error  { return n.signal(syscall.SIGSTOP) }
 func (n *Node) Resume() error { return n.signal(syscall.SIGCONT) }
+
+// SetEnv adds variables to the node's environment for its next start.
+func (n *Node) SetEnv(vars ...string) { n.env = append(n.env, vars...) }
 
 // Restart starts the node again, with the same name, ports and data dir.
 func (n *Node) Restart() error {
