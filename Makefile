@@ -9,7 +9,7 @@ BENCHTIME ?= 2s
 # here.
 ARTIFACTS ?= $(CURDIR)/test-artifacts
 
-.PHONY: all build run test test-race vet bench bench-storage bench-replication fuzz clean
+.PHONY: all build run test test-race vet bench bench-e2e bench-micro bench-storage bench-replication bench-rebalance fuzz clean
 
 all: build
 
@@ -34,8 +34,23 @@ test: vet
 test-race:
 	$(GO) test -race -count=1 -timeout 60m $(PKGS)
 
-# Storage and replication micro-benchmarks on the real disk.
-bench: bench-storage bench-replication
+# The standard end-to-end sweep (BENCHMARKS.md): a local 3-node cluster of
+# bin/kvnode; write, linearizable read and stale read at 1, 16, 64 and 256
+# clients. BENCHFLAGS adds flags (--json, --plot FILE.png, --duration 30s).
+BENCHFLAGS ?=
+bench: build
+	./$(BIN) bench --local --workload write,read,stale-read --clients 1,16,64,256 $(BENCHFLAGS)
+
+# The end-to-end go test benchmarks: 3 in-process nodes and the Go client.
+bench-e2e:
+	$(GO) test -run '^$$' -bench . -benchtime 5s -count 3 ./bench
+
+# Storage, transport and replication micro-benchmarks on the real disk.
+bench-micro: bench-storage bench-replication
+
+# Moving a quarter of 1 GiB to a fourth node (snapshot streaming speed).
+bench-rebalance:
+	$(GO) test -run '^$$' -bench BenchmarkRebalance -benchtime 1x -timeout 30m ./e2e
 
 bench-storage:
 	$(GO) test -run '^$$' -bench . -benchtime $(BENCHTIME) -count 1 ./wal ./engine ./transport

@@ -38,7 +38,7 @@ func TestMain(m *testing.M) {
 // startCluster starts n kvnode processes with a fast raft clock, and
 // stops them when the test ends. On failure the node logs stay in the
 // test's artifact directory.
-func startCluster(t *testing.T, n int, env ...string) *localcluster.Cluster {
+func startCluster(t testing.TB, n int, env ...string) *localcluster.Cluster {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
 	defer cancel()
@@ -56,6 +56,12 @@ func startCluster(t *testing.T, n int, env ...string) *localcluster.Cluster {
 		t.Fatalf("starting the cluster: %v", err)
 	}
 	t.Cleanup(func() {
+		if t.Failed() {
+			// Stacks of the nodes still running, in their logs.
+			for _, n := range c.Nodes() {
+				n.DumpStacks()
+			}
+		}
 		c.Close()
 		if t.Failed() {
 			saveLogs(t, c)
@@ -66,7 +72,7 @@ func startCluster(t *testing.T, n int, env ...string) *localcluster.Cluster {
 
 // saveLogs copies the node logs of a failed test to its artifact
 // directory (kept with go test -artifacts, as make test runs it).
-func saveLogs(t *testing.T, c *localcluster.Cluster) {
+func saveLogs(t testing.TB, c *localcluster.Cluster) {
 	dst := t.ArtifactDir()
 	for _, n := range c.Nodes() {
 		b, err := os.ReadFile(n.LogPath)

@@ -15,8 +15,13 @@ import (
 
 // handleEvents streams the node's events as server-sent events: the recent
 // ones after ?since=SEQ (or the Last-Event-ID header), then new ones as
-// they happen.
+// they happen. With ?format=json it returns the recent ones as an array.
 func (n *Node) handleEvents(w http.ResponseWriter, r *http.Request) {
+	if r.URL.Query().Get("format") == "json" {
+		// The recent events as one JSON array, for scripts and tests.
+		writeJSON(w, http.StatusOK, n.events.recent())
+		return
+	}
 	fl, ok := w.(http.Flusher)
 	if !ok {
 		writeError(w, http.StatusInternalServerError, "streaming unsupported")

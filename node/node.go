@@ -60,6 +60,9 @@ type Node struct {
 	}
 
 	stopping atomic.Bool
+	// rebalancing is set by the meta leader's placement loop while groups
+	// move, to poll the others faster.
+	rebalancing atomic.Bool
 	// failed is closed (and failErr set) when the node must stop by
 	// itself: its storage failed, or the cluster refused it.
 	failOnce sync.Once
@@ -377,7 +380,9 @@ func (n *Node) closeStores() error {
 }
 
 // transferLeadership hands every group this node leads to another voter,
-// so that a planned stop costs no election timeout.
+// so that a planned stop costs no election timeout. A transfer can fail
+// (the target was applying a configuration change, say): it retries until
+// nothing is led here or five seconds have passed.
 func (n *Node) transferLeadership(ctx context.Context) {
 	if n.host == nil {
 		return
@@ -385,33 +390,54 @@ func (n *Node) transferLeadership(ctx context.Context) {
 	n.host.Drain()
 	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
-	var wg sync.WaitGroup
-	sem := make(chan struct{}, 16)
-	moved := atomic.Int64{}
-	for _, g := range n.host.Groups() {
-		st, err := n.host.Status(g)
-		if err != nil || !st.IsLeader {
-			continue
-		}
-		target := n.bestTransferTarget(ctx, g, st)
-		if target == 0 {
-			continue
-		}
-		wg.Add(1)
-		sem <- struct{}{}
-		go func() {
-			defer wg.Done()
-			defer func() { <-sem }()
-			tctx, tcancel := context.WithTimeout(ctx, 2*time.Second)
-			defer tcancel()
-			if err := n.host.TransferLeadership(tctx, g, target); err == nil {
-				moved.Add(1)
+	moved := 0
+	for round := 0; ctx.Err() == nil; round++ {
+		var led []uint64
+		for _, g := range n.host.Groups() {
+			if st, err := n.host.Status(g); err == nil && st.IsLeader && len(st.Voters) > 1 {
+				led = append(led, g)
 			}
-		}()
+		}
+		if len(led) == 0 {
+			break
+		}
+		var wg sync.WaitGroup
+		sem := make(chan struct{}, 16)
+		var ok atomic.Int64
+		for _, g := range led {
+			st, err := n.host.Status(g)
+			if err != nil {
+				continue
+			}
+			target := n.bestTransferTarget(ctx, g, st)
+			if target == 0 {
+				continue
+			}
+			wg.Add(1)
+			sem <- struct{}{}
+			go func() {
+				defer wg.Done()
+				defer func() { <-sem }()
+				tctx, tcancel := context.WithTimeout(ctx, time.Second)
+				defer tcancel()
+				if err := n.host.TransferLeadership(tctx, g, target); err == nil {
+					ok.Add(1)
+				} else {
+					n.logger.Debug("leadership transfer failed; will retry", "group", g, "target", target, "round", round, "err", err)
+				}
+			}()
+		}
+		wg.Wait()
+		moved += int(ok.Load())
+		if int(ok.Load()) < len(led) {
+			select {
+			case <-ctx.Done():
+			case <-time.After(50 * time.Millisecond):
+			}
+		}
 	}
-	wg.Wait()
-	if moved.Load() > 0 {
-		n.logger.Info("handed over leadership before stopping", "groups", moved.Load())
+	if moved > 0 {
+		n.logger.Info("handed over leadership before stopping", "groups", moved)
 	}
 }
 

@@ -24,7 +24,7 @@ import (
 // The meta group's leader also runs placement (placementLoop).
 
 const (
-	reconcileInterval = 100 * time.Millisecond
+	reconcileInterval = 20 * time.Millisecond
 	// caughtUpLag is how far behind the leader a learner may be and still
 	// be promoted: close enough that it will not hold up commits.
 	caughtUpLag = 64
@@ -83,6 +83,11 @@ func (n *Node) reconcileReplicas(m *metaState) {
 		if _, ok := slices.BinarySearch(want, g); ok {
 			continue
 		}
+		if g == metaGroup && len(have) > 1 {
+			// The meta replica goes last: a node being drained still needs
+			// the cluster state to hand its other groups over.
+			continue
+		}
 		if _, known := m.Groups[g]; !known && g != metaGroup && groupPartition(g) >= m.Partitions {
 			continue // not a group of this cluster; leave it to an operator
 		}
@@ -115,32 +120,46 @@ func (n *Node) driveGroups(m *metaState, lastTransfer map[uint64]time.Time) {
 			continue
 		}
 		ctx, cancel := context.WithTimeout(n.ctx, 2*time.Second)
-		if err := n.driveGroup(ctx, m, g, st, want, lastTransfer); err != nil && ctx.Err() == nil &&
-			!errors.Is(err, replication.ErrProposalDropped) && !errors.Is(err, replication.ErrNotLeader) {
-			n.logger.Warn("changing a group's members", "group", g, "err", err)
+		// A change that applied may enable the next at once (promoted,
+		// so the old replica can go): take up to three steps per pass.
+		for step := 0; step < 3; step++ {
+			stepped, err := n.driveGroup(ctx, m, g, st, want, lastTransfer)
+			if err != nil && ctx.Err() == nil &&
+				!errors.Is(err, replication.ErrProposalDropped) && !errors.Is(err, replication.ErrNotLeader) {
+				n.logger.Warn("changing a group's members", "group", g, "err", err)
+			}
+			if err != nil || !stepped {
+				break
+			}
+			if st, err = n.host.Status(g); err != nil || !st.IsLeader {
+				break
+			}
 		}
 		cancel()
 	}
 }
 
 func (n *Node) driveGroup(ctx context.Context, m *metaState, g uint64, st replication.GroupStatus, want *groupInfo,
-	lastTransfer map[uint64]time.Time) error {
+	lastTransfer map[uint64]time.Time) (stepped bool, err error) {
+	if sameSet(st.Voters, want.Voters) && sameSet(st.Learners, want.Learners) && (want.Leader == 0 || want.Leader == n.id) {
+		return false, nil // nothing to do: skip the progress query
+	}
 	members := append(slices.Clone(st.Voters), st.Learners...)
 	// 1. Missing members join as learners.
 	for _, id := range append(slices.Clone(want.Voters), want.Learners...) {
 		if !slices.Contains(members, id) {
 			n.logger.Info("adding a learner", "group", g, "node", id)
 			if err := n.host.AddLearner(ctx, g, id); err != nil {
-				return err
+				return false, err
 			}
 			n.events.emit(Event{Type: EventPartitionChange, Partition: partitionName(g), To: m.nodeName(id),
 				Reason: "replica added (learner, catching up)"})
-			return nil
+			return false, nil // the next step waits for it to catch up
 		}
 	}
 	prog, err := n.host.Progress(ctx, g)
 	if err != nil {
-		return err
+		return false, err
 	}
 	// A member with nothing matched has not even received its snapshot.
 	caughtUp := func(id uint64) bool { return prog[id] > 0 && prog[id]+caughtUpLag >= prog[n.id] }
@@ -149,18 +168,18 @@ func (n *Node) driveGroup(ctx context.Context, m *metaState, g uint64, st replic
 		if slices.Contains(st.Learners, id) && caughtUp(id) {
 			n.logger.Info("promoting a learner", "group", g, "node", id)
 			if err := n.host.PromoteVoter(ctx, g, id); err != nil {
-				return err
+				return false, err
 			}
 			n.events.emit(Event{Type: EventPartitionChange, Partition: partitionName(g), To: m.nodeName(id),
 				Reason: "replica caught up and promoted to voter"})
-			return nil
+			return true, nil
 		}
 	}
 	// 3. Extra members go, but only once every desired voter votes, so the
 	// group never drops below the quorum placement asked for.
 	for _, id := range want.Voters {
 		if !slices.Contains(st.Voters, id) {
-			return nil
+			return false, nil
 		}
 	}
 	for _, id := range st.Voters {
@@ -169,32 +188,32 @@ func (n *Node) driveGroup(ctx context.Context, m *metaState, g uint64, st replic
 		}
 		if id == n.id {
 			// Leave the leadership to a desired voter first.
-			return n.transfer(ctx, g, preferredOr(want), lastTransfer)
+			return false, n.transfer(ctx, g, preferredOr(want), lastTransfer)
 		}
 		if slices.Contains(want.Learners, id) {
 			n.logger.Info("demoting a voter to learner", "group", g, "node", id)
-			return n.host.AddLearner(ctx, g, id)
+			return true, n.host.AddLearner(ctx, g, id)
 		}
 		n.logger.Info("removing a replica", "group", g, "node", id)
 		if err := n.host.RemoveReplica(ctx, g, id); err != nil {
-			return err
+			return false, err
 		}
 		n.events.emit(Event{Type: EventPartitionChange, Partition: partitionName(g), From: m.nodeName(id),
 			Reason: "replica removed after its replacement caught up"})
-		return nil
+		return true, nil
 	}
 	for _, id := range st.Learners {
 		if !slices.Contains(want.Learners, id) && !slices.Contains(want.Voters, id) {
 			n.logger.Info("removing a learner", "group", g, "node", id)
-			return n.host.RemoveReplica(ctx, g, id)
+			return true, n.host.RemoveReplica(ctx, g, id)
 		}
 	}
 	// 4. Leadership goes to the preferred leader once it has caught up.
 	if want.Leader != 0 && want.Leader != n.id && slices.Contains(st.Voters, want.Leader) && caughtUp(want.Leader) &&
 		n.healthy(m, want.Leader) {
-		return n.transfer(ctx, g, want.Leader, lastTransfer)
+		return false, n.transfer(ctx, g, want.Leader, lastTransfer)
 	}
-	return nil
+	return false, nil
 }
 
 // healthy reports whether a node is active, answered the last poll, and
@@ -245,7 +264,9 @@ func (n *Node) transfer(ctx context.Context, g, to uint64, lastTransfer map[uint
 // placementLoop runs placement on the meta group's leader.
 func (n *Node) placementLoop() {
 	defer n.wg.Done()
-	t := time.NewTicker(200 * time.Millisecond)
+	// Placement is cheap when nothing changes (a cached document and a
+	// read index), and its period adds to every replica move's latency.
+	t := time.NewTicker(20 * time.Millisecond)
 	defer t.Stop()
 	rebalancing := false
 	for {
@@ -262,10 +283,7 @@ func (n *Node) placementLoop() {
 			continue
 		}
 		moving := n.movingGroups(m)
-		if rebalancing && len(moving) == 0 {
-			rebalancing = false
-			n.events.emit(Event{Type: EventRebalanceComplete, Message: "every group has its desired replicas"})
-		}
+		n.rebalancing.Store(len(moving) > 0)
 		ctx, cancel := context.WithTimeout(n.ctx, 2*time.Second)
 		var detectedDead []string
 		next, err := n.updateMeta(ctx, func(m *metaState) error {
@@ -286,9 +304,17 @@ func (n *Node) placementLoop() {
 			n.events.emit(Event{Type: EventNodeLeave, Node: name, Reason: "dead",
 				Message: fmt.Sprintf("unreachable for more than %v", n.cfg.DeadNodeTimeout)})
 		}
-		if next.version != m.version && !rebalancing && len(n.movingGroups(next)) > 0 {
+		// A rebalance starts when placement first changes something and
+		// completes when it has nothing left to change and nothing moves:
+		// one start and one complete around all its moves.
+		changed := next.version != m.version
+		switch {
+		case changed && !rebalancing:
 			rebalancing = true
 			n.events.emit(Event{Type: EventRebalanceStart, Message: "placement changed; moving replicas"})
+		case !changed && rebalancing && len(moving) == 0:
+			rebalancing = false
+			n.events.emit(Event{Type: EventRebalanceComplete, Message: "every group has its desired replicas and leaders"})
 		}
 	}
 }

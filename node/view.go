@@ -25,7 +25,6 @@ type groupReport struct {
 	Commit   uint64            `json:"commit"`
 	Voters   []uint64          `json:"voters"`
 	Learners []uint64          `json:"learners,omitempty"`
-	Match    map[uint64]uint64 `json:"match,omitempty"`
 }
 
 // nodeReport is one node's answer to /internal/groups.
@@ -53,11 +52,8 @@ func (n *Node) localReport(ctx context.Context) nodeReport {
 		if err != nil || !st.IsLeader {
 			continue
 		}
-		gr := groupReport{Group: g, Leader: n.id, Term: st.Term, Commit: st.Commit, Voters: st.Voters, Learners: st.Learners}
-		if prog, err := n.host.Progress(ctx, g); err == nil {
-			gr.Match = prog
-		}
-		r.Leads = append(r.Leads, gr)
+		r.Leads = append(r.Leads, groupReport{Group: g, Leader: n.id, Term: st.Term, Commit: st.Commit,
+			Voters: st.Voters, Learners: st.Learners})
 	}
 	return r
 }
@@ -115,10 +111,20 @@ func (v *view) report(id uint64) (nodeReport, bool) {
 // pollLoop refreshes the view from every active node.
 func (n *Node) pollLoop() {
 	defer n.wg.Done()
-	t := time.NewTicker(viewPollInterval)
+	t := time.NewTicker(fastPollInterval)
 	defer t.Stop()
+	last := time.Time{}
 	for {
-		n.pollOnce()
+		// The meta leader polls fast while groups move: it is what notices
+		// that a move finished, so the next can start.
+		interval := viewPollInterval
+		if n.isMetaLeader() && n.rebalancing.Load() {
+			interval = fastPollInterval
+		}
+		if time.Since(last) >= interval {
+			last = time.Now()
+			n.pollOnce()
+		}
 		select {
 		case <-n.ctx.Done():
 			return
@@ -126,6 +132,8 @@ func (n *Node) pollLoop() {
 		}
 	}
 }
+
+const fastPollInterval = 20 * time.Millisecond
 
 const viewPollInterval = 300 * time.Millisecond
 

@@ -119,7 +119,9 @@ func (t *Transport) SendSnapshot(ctx context.Context, to uint64, m Message, body
 	w = &chunkWriter{
 		conn:      conn,
 		timeout:   t.cfg.WriteTimeout,
-		threshold: t.cfg.CompressThreshold,
+		// The body comes compressed from its producer (the engine streams
+		// s2 frames); compressing it again would cost CPU for nothing.
+		threshold: -1,
 		buf:       make([]byte, 0, min(snapshotChunkSize, t.cfg.MaxFrameSize)),
 		verdict:   func() *verdictResult { return pollVerdict(verdict, &v) },
 	}

@@ -160,6 +160,7 @@ func usage(fs *flag.FlagSet, out io.Writer) {
 
 Usage:
   kvnode [flags]          serve: run a node until SIGINT or SIGTERM
+  kvnode bench [flags]    benchmark a cluster (kvnode bench --help)
 
 Every flag can also be set by the environment variable shown in brackets;
 a flag given on the command line wins. A local three-node cluster:

@@ -23,6 +23,9 @@ func main() {
 // run is main with its inputs and outputs passed in. It returns the exit
 // status: 0 after a clean stop, 2 for a bad configuration, 1 otherwise.
 func run(args []string, getenv func(string) string, stdout, stderr io.Writer) int {
+	if len(args) > 0 && args[0] == "bench" {
+		return runBench(args[1:], stdout, stderr)
+	}
 	cfg, opts, err := parseConfig(args, getenv, stderr)
 	if errors.Is(err, flag.ErrHelp) {
 		return 0

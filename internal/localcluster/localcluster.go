@@ -42,6 +42,10 @@ type Options struct {
 	// ReadyTimeout bounds Start's wait for every node to be ready.
 	// Default: 60s.
 	ReadyTimeout time.Duration
+	// BeforeStart, if set, is called by AddNode with node i (0-based) once
+	// its addresses are chosen, before its process first starts: the fault
+	// suite points its proxies at the node's KV address there.
+	BeforeStart func(i int, n *Node)
 }
 
 // Node is one kvnode process of the cluster.
@@ -172,6 +176,9 @@ func (c *Cluster) AddNode(ctx context.Context, join bool) (*Node, error) {
 	if c.opts.NodeEnv != nil {
 		n.env = append(n.env, c.opts.NodeEnv(i)...)
 	}
+	if c.opts.BeforeStart != nil {
+		c.opts.BeforeStart(i, n)
+	}
 	c.mu.Lock()
 	c.nodes = append(c.nodes, n)
 	c.mu.Unlock()
@@ -231,6 +238,15 @@ func (n *Node) start() error {
 	return nil
 }
 
+// PID is the process id of the node's current (or last) process, 0 if it
+// never started.
+func (n *Node) PID() int {
+	if n.cmd == nil || n.cmd.Process == nil {
+		return 0
+	}
+	return n.cmd.Process.Pid
+}
+
 // Running reports whether the node's process is alive.
 func (n *Node) Running() bool {
 	if n.exited == nil {
@@ -281,6 +297,22 @@ func (n *Node) Stop(timeout time.Duration) (int, error) {
 		return 0, err
 	}
 	return n.ExitCode(timeout)
+}
+
+// DumpStacks makes a running node print every goroutine's stack to its
+// log and exit (SIGQUIT), and waits for it: what a failed test wants to
+// see of a node that seems stuck.
+func (n *Node) DumpStacks() {
+	if !n.Running() {
+		return
+	}
+	n.signal(syscall.SIGCONT)
+	if n.signal(syscall.SIGQUIT) == nil {
+		select {
+		case <-n.exited:
+		case <-time.After(5 * time.Second):
+		}
+	}
 }
 
 // Pause stops the process with SIGSTOP; Resume continues it.
