@@ -367,7 +367,7 @@ func (n *Node) handleCluster(w http.ResponseWriter, r *http.Request) {
 				// This node holds a replica and knows better (fresher).
 				cp.PrimaryNode = m.nodeName(id)
 			}
-		} else if ld := n.leaderOf(g, m); ld != nil {
+		} else if ld := n.leaderOf(g); ld != nil {
 			cp.PrimaryNode = ld.Name
 		}
 		if members == nil && m.Groups[g] != nil {

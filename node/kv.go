@@ -43,19 +43,26 @@ func (e *notLeaderError) Error() string {
 	return fmt.Sprintf("%s is led by %s (%s)", partitionName(e.Group), e.Leader.Name, e.Leader.KVAddr)
 }
 
-// keyGroup returns the raft group of key, after checking it.
-func (n *Node) keyGroup(key []byte) (uint64, *metaState, error) {
+// keyGroup returns the raft group of key, after checking it. The
+// partition count is fixed when the cluster is created, so it is read
+// from the cluster state once, not per request.
+func (n *Node) keyGroup(key []byte) (uint64, error) {
 	if len(key) == 0 {
-		return 0, nil, fmt.Errorf("%w: empty key", errBadRequest)
+		return 0, fmt.Errorf("%w: empty key", errBadRequest)
 	}
 	if len(key) > n.cfg.MaxKeySize {
-		return 0, nil, fmt.Errorf("%w: key of %d bytes exceeds the limit of %d bytes (--max-key-size)", errTooLarge, len(key), n.cfg.MaxKeySize)
+		return 0, fmt.Errorf("%w: key of %d bytes exceeds the limit of %d bytes (--max-key-size)", errTooLarge, len(key), n.cfg.MaxKeySize)
 	}
-	m, err := n.meta.load()
-	if err != nil {
-		return 0, nil, fmt.Errorf("%w: %v", errUnavailable, err)
+	parts := n.partitions.Load()
+	if parts == 0 {
+		m, err := n.meta.load()
+		if err != nil {
+			return 0, fmt.Errorf("%w: %v", errUnavailable, err)
+		}
+		parts = int64(m.Partitions)
+		n.partitions.Store(parts)
 	}
-	return partitionGroup(wire.Partition(key, m.Partitions)), m, nil
+	return partitionGroup(wire.Partition(key, int(parts))), nil
 }
 
 func (n *Node) checkValue(v []byte) error {
@@ -67,7 +74,11 @@ func (n *Node) checkValue(v []byte) error {
 
 // leaderOf returns the node leading group g, from local raft state if
 // this node holds a replica, else from the cluster view.
-func (n *Node) leaderOf(g uint64, m *metaState) *nodeInfo {
+func (n *Node) leaderOf(g uint64) *nodeInfo {
+	m, err := n.meta.load()
+	if err != nil {
+		return nil
+	}
 	if id, err := n.host.Leader(g); err == nil && id != 0 {
 		return m.Nodes[id]
 	}
@@ -79,7 +90,7 @@ func (n *Node) leaderOf(g uint64, m *metaState) *nodeInfo {
 
 // write proposes ops on group g and waits for them to apply, within the
 // request timeout.
-func (n *Node) write(ctx context.Context, g uint64, m *metaState, ops []engine.Op) ([]engine.Result, error) {
+func (n *Node) write(ctx context.Context, g uint64, ops []engine.Op) ([]engine.Result, error) {
 	if n.stopping.Load() {
 		return nil, errStopping
 	}
@@ -93,7 +104,7 @@ func (n *Node) write(ctx context.Context, g uint64, m *metaState, ops []engine.O
 		}
 		switch {
 		case errors.Is(err, replication.ErrNotLeader), errors.Is(err, replication.ErrGroupNotFound):
-			ld := n.leaderOf(g, m)
+			ld := n.leaderOf(g)
 			if ld != nil && ld.ID == n.id {
 				ld = nil // our own stale belief
 			}
@@ -145,7 +156,7 @@ func (n *Node) waitForLeader(ctx context.Context, g uint64) error {
 
 // read gets key from group g: linearizable (a read index, on the leader or
 // a follower) unless stale, which reads the local replica as it is.
-func (n *Node) read(ctx context.Context, g uint64, m *metaState, key []byte, stale bool) ([]byte, uint64, error) {
+func (n *Node) read(ctx context.Context, g uint64, key []byte, stale bool) ([]byte, uint64, error) {
 	if n.stopping.Load() {
 		return nil, 0, errStopping
 	}
@@ -161,7 +172,7 @@ func (n *Node) read(ctx context.Context, g uint64, m *metaState, key []byte, sta
 			n.metrics.reads.Inc()
 			return nil, 0, err
 		case errors.Is(err, replication.ErrGroupNotFound):
-			return nil, 0, &notLeaderError{Group: g, Leader: n.leaderOf(g, m)}
+			return nil, 0, &notLeaderError{Group: g, Leader: n.leaderOf(g)}
 		case errors.Is(err, replication.ErrReadDropped):
 			select {
 			case <-ctx.Done():
@@ -180,14 +191,14 @@ func (n *Node) read(ctx context.Context, g uint64, m *metaState, key []byte, sta
 
 // put, del and cas are the single-key writes.
 func (n *Node) put(ctx context.Context, key, value []byte) (uint64, error) {
-	g, m, err := n.keyGroup(key)
+	g, err := n.keyGroup(key)
 	if err != nil {
 		return 0, err
 	}
 	if err := n.checkValue(value); err != nil {
 		return 0, err
 	}
-	res, err := n.write(ctx, g, m, []engine.Op{{Kind: engine.OpPut, Key: key, Value: value}})
+	res, err := n.write(ctx, g, []engine.Op{{Kind: engine.OpPut, Key: key, Value: value}})
 	if err != nil {
 		return 0, err
 	}
@@ -195,11 +206,11 @@ func (n *Node) put(ctx context.Context, key, value []byte) (uint64, error) {
 }
 
 func (n *Node) del(ctx context.Context, key []byte) (uint64, error) {
-	g, m, err := n.keyGroup(key)
+	g, err := n.keyGroup(key)
 	if err != nil {
 		return 0, err
 	}
-	res, err := n.write(ctx, g, m, []engine.Op{{Kind: engine.OpDelete, Key: key}})
+	res, err := n.write(ctx, g, []engine.Op{{Kind: engine.OpDelete, Key: key}})
 	if err != nil {
 		return 0, err
 	}
@@ -209,14 +220,14 @@ func (n *Node) del(ctx context.Context, key []byte) (uint64, error) {
 // cas writes value iff key's version is expect (0: must not exist). It
 // returns whether it wrote, and the key's version after.
 func (n *Node) cas(ctx context.Context, key, value []byte, expect uint64) (bool, uint64, error) {
-	g, m, err := n.keyGroup(key)
+	g, err := n.keyGroup(key)
 	if err != nil {
 		return false, 0, err
 	}
 	if err := n.checkValue(value); err != nil {
 		return false, 0, err
 	}
-	res, err := n.write(ctx, g, m, []engine.Op{{Kind: engine.OpCompareAndSet, Key: key, Value: value, Expect: expect}})
+	res, err := n.write(ctx, g, []engine.Op{{Kind: engine.OpCompareAndSet, Key: key, Value: value, Expect: expect}})
 	if err != nil {
 		return false, 0, err
 	}
@@ -224,9 +235,9 @@ func (n *Node) cas(ctx context.Context, key, value []byte, expect uint64) (bool,
 }
 
 func (n *Node) get(ctx context.Context, key []byte, stale bool) ([]byte, uint64, error) {
-	g, m, err := n.keyGroup(key)
+	g, err := n.keyGroup(key)
 	if err != nil {
 		return nil, 0, err
 	}
-	return n.read(ctx, g, m, key, stale)
+	return n.read(ctx, g, key, stale)
 }

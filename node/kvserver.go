@@ -282,13 +282,11 @@ func (n *Node) mget(ctx context.Context, req wire.MGetRequest) (*wire.MGetRespon
 	}
 	resp := &wire.MGetResponse{Items: make([]wire.MGetItem, len(req.Keys))}
 	byGroup := map[uint64][]int{}
-	var m *metaState
 	for i, k := range req.Keys {
-		g, mm, err := n.keyGroup(k)
+		g, err := n.keyGroup(k)
 		if err != nil {
 			return nil, err
 		}
-		m = mm
 		byGroup[g] = append(byGroup[g], i)
 	}
 	var wg sync.WaitGroup
@@ -299,7 +297,7 @@ func (n *Node) mget(ctx context.Context, req wire.MGetRequest) (*wire.MGetRespon
 		go func() {
 			defer wg.Done()
 			for _, i := range idx {
-				v, ver, err := n.read(ctx, g, m, req.Keys[i], req.Stale)
+				v, ver, err := n.read(ctx, g, req.Keys[i], req.Stale)
 				if errors.Is(err, engine.ErrNotFound) {
 					continue
 				}
@@ -326,16 +324,14 @@ func (n *Node) mset(ctx context.Context, req wire.MSetRequest) (*wire.MSetRespon
 	}
 	resp := &wire.MSetResponse{Versions: make([]uint64, len(req.Items))}
 	byGroup := map[uint64][]int{}
-	var m *metaState
 	for i, it := range req.Items {
-		g, mm, err := n.keyGroup(it.Key)
+		g, err := n.keyGroup(it.Key)
 		if err != nil {
 			return nil, err
 		}
 		if err := n.checkValue(it.Value); err != nil {
 			return nil, err
 		}
-		m = mm
 		byGroup[g] = append(byGroup[g], i)
 	}
 	var wg sync.WaitGroup
@@ -349,7 +345,7 @@ func (n *Node) mset(ctx context.Context, req wire.MSetRequest) (*wire.MSetRespon
 			for j, i := range idx {
 				ops[j] = engine.Op{Kind: engine.OpPut, Key: req.Items[i].Key, Value: req.Items[i].Value}
 			}
-			res, err := n.write(ctx, g, m, ops)
+			res, err := n.write(ctx, g, ops)
 			mu.Lock()
 			defer mu.Unlock()
 			if err != nil {

@@ -63,6 +63,8 @@ type Node struct {
 	// rebalancing is set by the meta leader's placement loop while groups
 	// move, to poll the others faster.
 	rebalancing atomic.Bool
+	// partitions caches the cluster's partition count (fixed at creation).
+	partitions atomic.Int64
 	// failed is closed (and failErr set) when the node must stop by
 	// itself: its storage failed, or the cluster refused it.
 	failOnce sync.Once

@@ -60,6 +60,8 @@ type Host struct {
 
 	// draining makes the host refuse leadership transfers to it.
 	draining atomic.Bool
+	// epoch anchors the monotonic clock of leases and the vote guard.
+	epoch time.Time
 
 	// appender is the goroutine that writes the WAL (appender.go).
 	appender struct {
@@ -114,6 +116,7 @@ func Open(cfg Config) (*Host, error) {
 		loopDone: make(chan struct{}),
 	}
 	h.nextID.Store(c.NodeID << 48)
+	h.epoch = time.Now()
 	h.ctx, h.cancel = context.WithCancel(context.Background())
 	h.mu.groups = make(map[uint64]*replica)
 	ids, err := h.localGroups()
@@ -268,6 +271,7 @@ func (h *Host) tick() {
 		h.markDirty(r)
 		h.expireReads(r)
 	}
+	h.renewLeases()
 	if h.tickNow%8 == 0 {
 		h.maybeCompactAll()
 	}
@@ -290,6 +294,9 @@ func (h *Host) processInbox() {
 		}
 		if draining && m.Msg.GetType() == raftpb.MessageType_MsgTimeoutNow {
 			continue // a draining node takes no leadership
+		}
+		if h.voteGuard(m.Msg) {
+			continue
 		}
 		if err := r.rn.Step(m.Msg); err != nil && !errors.Is(err, raft.ErrStepPeerNotFound) {
 			h.logger.Debug("step", "group", r.id, "type", m.Msg.GetType(), "err", err)
@@ -435,6 +442,9 @@ func (h *Host) onSoftState(r *replica, ss *raft.SoftState) {
 	r.state = ss.RaftState
 	r.leader.Store(ss.Lead)
 	r.isLeader.Store(ss.RaftState == raft.StateLeader)
+	if ss.Lead != oldLead || ss.RaftState != raft.StateLeader {
+		r.dropLease()
+	}
 	if ss.Lead != oldLead {
 		h.logger.Debug("leader changed", "group", r.id, "leader", ss.Lead, "state", ss.RaftState.String())
 		h.dropReadBatches(r)

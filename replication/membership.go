@@ -177,6 +177,9 @@ func (h *Host) TransferLeadership(ctx context.Context, group, to uint64) error {
 		if r.state != raft.StateLeader {
 			return &NotLeaderError{Group: group, Leader: r.leader.Load()}
 		}
+		// The target's campaign ignores the followers' leases: stop
+		// serving reads from ours first.
+		r.dropLease()
 		r.rn.TransferLeader(to)
 		h.markDirty(r)
 		return nil

@@ -11,8 +11,8 @@ type Metrics struct {
 	// (successfully or not).
 	Proposals, EntriesApplied uint64
 	// ReadBatches is the number of ReadIndex requests; Reads the reads they
-	// served.
-	ReadBatches, Reads uint64
+	// served. LeaseReads were served under the leader's lease, without one.
+	ReadBatches, Reads, LeaseReads uint64
 	// SnapshotsSent and SnapshotsInstalled count snapshot streams.
 	SnapshotsSent, SnapshotsInstalled uint64
 	// WALNanos and ApplyNanos are the time the loop spent in WAL appends
@@ -23,7 +23,7 @@ type Metrics struct {
 type metrics struct {
 	cycles, walAppends                atomic.Uint64
 	proposals, entriesApplied         atomic.Uint64
-	readBatches, reads                atomic.Uint64
+	readBatches, reads, leaseReads    atomic.Uint64
 	snapshotsSent, snapshotsInstalled atomic.Uint64
 	walNanos, applyNanos              atomic.Uint64
 }
@@ -34,7 +34,7 @@ func (h *Host) Metrics() Metrics {
 	return Metrics{
 		Cycles: m.cycles.Load(), WALAppends: m.walAppends.Load(),
 		Proposals: m.proposals.Load(), EntriesApplied: m.entriesApplied.Load(),
-		ReadBatches: m.readBatches.Load(), Reads: m.reads.Load(),
+		ReadBatches: m.readBatches.Load(), Reads: m.reads.Load(), LeaseReads: m.leaseReads.Load(),
 		SnapshotsSent: m.snapshotsSent.Load(), SnapshotsInstalled: m.snapshotsInstalled.Load(),
 		WALNanos: m.walNanos.Load(), ApplyNanos: m.applyNanos.Load(),
 	}

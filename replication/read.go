@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/binary"
 	"fmt"
+	"time"
 
 	"go.etcd.io/raft/v3"
 )
@@ -27,6 +28,11 @@ type readBatch struct {
 	reqs   []*readRequest
 	index  uint64
 	issued uint64 // the tick it was issued at
+	// issuedAt and term are when (on the monotonic clock) and in which
+	// term the round began: its completion extends the leader's lease.
+	issuedAt time.Duration
+	term     uint64
+	renewal  bool // a lease renewal with no reads of its own
 }
 
 func (b *readBatch) finish(err error) {
@@ -45,8 +51,12 @@ func (b *readBatch) finish(err error) {
 // Errors: ErrReadDropped (retry), the context's error, ErrStopped,
 // ErrGroupNotFound.
 func (h *Host) ReadIndex(ctx context.Context, group uint64) error {
-	if _, err := h.replica(group); err != nil {
+	r, err := h.replica(group)
+	if err != nil {
 		return err
+	}
+	if h.leaseRead(r) {
+		return nil
 	}
 	rq := &readRequest{group: group, done: make(chan struct{})}
 	h.inbox.Lock()
@@ -90,30 +100,43 @@ func (h *Host) queueRead(rq *readRequest) {
 	r.newReads = append(r.newReads, rq)
 }
 
-// issueReads sends one ReadIndex per group with new reads.
+// issueReads sends one ReadIndex per group with new reads. A leader
+// holding a lease needs none: its commit index is the read index.
 func (h *Host) issueReads() {
 	for _, r := range h.readGroups {
 		if len(r.newReads) == 0 || r.destroyed {
 			continue
 		}
-		if r.leader.Load() == raft.None {
-			// raft would drop the request silently; fail fast instead.
-			for _, rq := range r.newReads {
-				rq.finish(fmt.Errorf("%w: group %d has no leader", ErrReadDropped, r.id))
-			}
-			r.newReads = nil
+		reqs := r.newReads
+		r.newReads = nil
+		if r.state == raft.StateLeader && h.mono() < time.Duration(r.leaseUntil.Load()) && r.leaseTerm.Load() == r.term.Load() {
+			h.metrics.leaseReads.Add(uint64(len(reqs)))
+			r.readWaiting = append(r.readWaiting, &readBatch{reqs: reqs, index: r.commit.Load()})
+			h.completeReads(r)
 			continue
 		}
-		b := &readBatch{id: h.nextID.Add(1), reqs: r.newReads, issued: h.tickNow}
-		r.newReads = nil
-		r.readBatches = append(r.readBatches, b)
-		r.rn.ReadIndex(binary.BigEndian.AppendUint64(nil, b.id))
-		h.metrics.readBatches.Add(1)
-		h.metrics.reads.Add(uint64(len(b.reqs)))
-		h.markDirty(r)
+		if r.leader.Load() == raft.None {
+			// raft would drop the request silently; fail fast instead.
+			for _, rq := range reqs {
+				rq.finish(fmt.Errorf("%w: group %d has no leader", ErrReadDropped, r.id))
+			}
+			continue
+		}
+		h.issueReadBatch(r, reqs)
 	}
 	clear(h.readGroups)
 	h.readGroups = h.readGroups[:0]
+}
+
+// issueReadBatch asks raft for a read index for reqs (none: a lease
+// renewal).
+func (h *Host) issueReadBatch(r *replica, reqs []*readRequest) {
+	b := &readBatch{id: h.nextID.Add(1), reqs: reqs, issued: h.tickNow, issuedAt: h.mono(), term: r.term.Load(), renewal: reqs == nil}
+	r.readBatches = append(r.readBatches, b)
+	r.rn.ReadIndex(binary.BigEndian.AppendUint64(nil, b.id))
+	h.metrics.readBatches.Add(1)
+	h.metrics.reads.Add(uint64(len(b.reqs)))
+	h.markDirty(r)
 }
 
 func (h *Host) onReadStates(r *replica, rss []raft.ReadState) {
@@ -126,7 +149,12 @@ func (h *Host) onReadStates(r *replica, rss []raft.ReadState) {
 			if b.id == id {
 				b.index = rs.Index
 				r.readBatches = append(r.readBatches[:i], r.readBatches[i+1:]...)
-				r.readWaiting = append(r.readWaiting, b)
+				h.extendLease(r, b.issuedAt, b.term)
+				if b.renewal {
+					r.renewing = false
+				} else {
+					r.readWaiting = append(r.readWaiting, b)
+				}
 				break
 			}
 		}
@@ -160,6 +188,9 @@ func (h *Host) expireReads(r *replica) {
 	kept := r.readBatches[:0]
 	for _, b := range r.readBatches {
 		if h.tickNow-b.issued >= uint64(h.cfg.ReadIndexTimeoutTicks) {
+			if b.renewal {
+				r.renewing = false
+			}
 			b.finish(fmt.Errorf("%w: no read index for group %d within %d ticks", ErrReadDropped, r.id, h.cfg.ReadIndexTimeoutTicks))
 			continue
 		}
@@ -172,6 +203,7 @@ func (h *Host) expireReads(r *replica) {
 // dropReadBatches fails the reads still waiting for a read index when the
 // leader changes; the old leader will not answer them.
 func (h *Host) dropReadBatches(r *replica) {
+	r.renewing = false
 	for _, b := range r.readBatches {
 		b.finish(fmt.Errorf("%w: leader of group %d changed", ErrReadDropped, r.id))
 	}

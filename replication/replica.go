@@ -30,6 +30,13 @@ type replica struct {
 	// modified once published).
 	conf atomic.Pointer[raftpb.ConfState]
 
+	// leaseUntil (on the host's monotonic clock) and leaseTerm are the
+	// leader's lease (lease.go); leaseUsed says reads relied on it since
+	// the last renewal.
+	leaseUntil atomic.Int64
+	leaseTerm  atomic.Uint64
+	leaseUsed  atomic.Bool
+
 	// removed is set (under Host.persistMu) when the replica is destroyed,
 	// so the appender skips its queued writes.
 	removed atomic.Bool
@@ -49,6 +56,8 @@ type replica struct {
 	readWaiting []*readBatch
 	// staged is a received snapshot stepped into raft this round.
 	staged *snapshotRequest
+	// renewing: a lease renewal round is in flight.
+	renewing bool
 }
 
 func newReplica(id uint64, st *groupStorage, rn *raft.RawNode, applied uint64, cs *raftpb.ConfState) *replica {
