@@ -66,6 +66,8 @@ type view struct {
 	// movingHistory samples the number of moving groups over the last
 	// minute, for the rebalance time estimate.
 	movingHistory []movingSample
+	// ready is this node's readiness at the last poll.
+	ready, readyKnown bool
 }
 
 type movingSample struct {
@@ -138,6 +140,7 @@ const fastPollInterval = 20 * time.Millisecond
 const viewPollInterval = 300 * time.Millisecond
 
 func (n *Node) pollOnce() {
+	n.noteHealth()
 	m, err := n.meta.load()
 	if err != nil {
 		return
@@ -238,4 +241,25 @@ func sameSet(a, b []uint64) bool {
 	slices.Sort(a)
 	slices.Sort(b)
 	return slices.Equal(a, b)
+}
+
+// noteHealth emits a health_change event when this node's readiness
+// flips, with the reason it is not ready.
+func (n *Node) noteHealth() {
+	err := n.readiness()
+	ready := err == nil
+	n.view.mu.Lock()
+	prev, known := n.view.ready, n.view.readyKnown
+	n.view.ready, n.view.readyKnown = ready, true
+	n.view.mu.Unlock()
+	if known && prev == ready {
+		return
+	}
+	e := Event{Type: EventHealthChange, Node: n.cfg.NodeID, Message: "ready"}
+	if !ready {
+		e.Message = "not ready: " + err.Error()
+	}
+	if known || !ready {
+		n.events.emit(e)
+	}
 }
