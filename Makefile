@@ -9,7 +9,7 @@ BENCHTIME ?= 2s
 # here.
 ARTIFACTS ?= $(CURDIR)/test-artifacts
 
-.PHONY: all build run test test-race vet bench bench-e2e bench-micro bench-storage bench-replication bench-rebalance fuzz clean
+.PHONY: all build run test test-race vet chaos bench bench-e2e bench-micro bench-storage bench-replication bench-rebalance fuzz clean
 
 all: build
 
@@ -30,6 +30,17 @@ vet:
 test: vet
 	mkdir -p $(ARTIFACTS)
 	$(GO) test -count=1 -timeout 30m -artifacts -outputdir $(ARTIFACTS) $(PKGS)
+
+# The crash and fault suite, a minute of faults per scenario (make test runs
+# it for 6s each); every scenario prints its seed and a CHAOS-TOTALS line.
+# Replay one: make chaos CHAOS_RUN='TestChaos/kill-leaders$$' CHAOS_SEED=N
+CHAOS_DURATION ?= 60s
+CHAOS_RUN      ?= TestChaos
+CHAOS_SEED     ?=
+chaos:
+	mkdir -p $(ARTIFACTS)
+	KVNODE_CHAOS_SEED=$(CHAOS_SEED) KVNODE_CHAOS_DURATION=$(CHAOS_DURATION) \
+		$(GO) test -count=1 -v -timeout 90m -artifacts -outputdir $(ARTIFACTS) -run '$(CHAOS_RUN)' ./e2e
 
 test-race:
 	$(GO) test -race -count=1 -timeout 60m $(PKGS)
@@ -70,6 +81,8 @@ fuzz:
 	$(GO) test -run '^$$' -fuzz FuzzDecodeCommand -fuzztime $(FUZZTIME) ./replication
 	$(GO) test -run '^$$' -fuzz FuzzFrameReader -fuzztime $(FUZZTIME) ./wire
 	$(GO) test -run '^$$' -fuzz FuzzDecodeBodies -fuzztime $(FUZZTIME) ./wire
+	$(GO) test -run '^$$' -fuzz FuzzKVConn -fuzztime $(FUZZTIME) ./e2e
+	$(GO) test -run '^$$' -fuzz FuzzHTTPRaw -fuzztime $(FUZZTIME) ./e2e
 
 clean:
 	rm -rf bin data test-artifacts

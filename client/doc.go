@@ -26,17 +26,19 @@
 // when it has none), and is retried, with a short backoff, at most
 // Config.MaxRetries times:
 //
-//   - Get, MGet, Set, Delete and MSet are retried after NotLeader,
-//     Unavailable, Stopping and connection failures. Retrying a write is
-//     safe in the sense that the final value is the one written, but a
-//     write whose attempt failed ambiguously (Unavailable, a connection that
-//     broke after the request was sent, a deadline that expired while
-//     waiting for the answer) may have been applied even if the operation
-//     finally fails: such errors match ErrUnknownOutcome.
-//   - CompareAndSet is retried only when it certainly was not applied
-//     (NotLeader, Stopping, or a request that never left the client). After
-//     any ambiguous failure it returns an error matching ErrUnknownOutcome;
-//     the caller must read the key to find out.
+//   - Reads (Get, MGet) are retried after NotLeader, Unavailable, Stopping
+//     and connection failures: they change nothing.
+//   - Writes (Set, Put, Delete, MSet, CompareAndSet) are retried only when
+//     they certainly were not applied: NotLeader, Stopping, or a request
+//     that never left the client. After an ambiguous failure (Unavailable,
+//     a connection that broke after the request was sent, a deadline that
+//     expired while waiting for the answer) the write may still apply, and
+//     retrying it could apply it twice, after other clients' writes to the
+//     same key: the operation returns an error matching ErrUnknownOutcome,
+//     and the caller decides (read the key, or write again).
+//   - An operation that runs out of time after retryable failures returns
+//     an error matching ErrUnavailable (and ErrUnknownOutcome if some
+//     attempt was ambiguous).
 //
 // Errors match the package's sentinels with errors.Is; a *ServerError
 // carries what the server said.

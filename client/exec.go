@@ -78,7 +78,8 @@ func (c *Client) run(ctx context.Context, r *request) error {
 	)
 	for attempt := 0; ; attempt++ {
 		if err := ctx.Err(); err != nil {
-			return c.finish(r, ctxFailure(err, last), ambiguous, false)
+			// Out of time after retryable failures: unavailable.
+			return c.finish(r, ctxFailure(err, last), ambiguous, last != nil)
 		}
 		var (
 			failed    []int
@@ -92,7 +93,7 @@ func (c *Client) run(ctx context.Context, r *request) error {
 		if err != nil {
 			switch {
 			case ctx.Err() != nil:
-				return c.finish(r, ctxFailure(ctx.Err(), last), ambiguous, false)
+				return c.finish(r, ctxFailure(ctx.Err(), last), ambiguous, last != nil)
 			case !errors.Is(err, errNoRoute):
 				return c.finish(r, err, ambiguous, false) // closed
 			}
@@ -139,7 +140,7 @@ func (c *Client) run(ctx context.Context, r *request) error {
 				return c.finish(r, err, ambiguous, false)
 			}
 			if err != nil {
-				return c.finish(r, ctxFailure(err, last), ambiguous, false)
+				return c.finish(r, ctxFailure(err, last), ambiguous, last != nil)
 			}
 		}
 		// Keep the request order within each node's next request: MSet's
@@ -247,8 +248,10 @@ func (c *Client) classify(ctx context.Context, r *request, g group, err error) o
 			c.triggerRefresh()
 			return outcome{retry: true, stale: true}
 		case wire.StatusUnavailable:
-			// The write may apply later: a CAS cannot be retried.
-			return outcome{retry: r.kind != opCAS, ambiguous: write}
+			// A write may apply later: retrying it could apply it twice,
+			// after other clients' writes to the key (seen by the fault
+			// suite as a linearizability violation). Only reads retry.
+			return outcome{retry: !write, ambiguous: write}
 		case wire.StatusInternal:
 			return outcome{ambiguous: write}
 		default: // NotFound, BadRequest, TooLarge, UnknownOp: definite answers
@@ -262,7 +265,7 @@ func (c *Client) classify(ctx context.Context, r *request, g group, err error) o
 		if !sendErr.sent {
 			return outcome{retry: true, stale: true}
 		}
-		return outcome{retry: r.kind != opCAS, ambiguous: write, stale: true}
+		return outcome{retry: !write, ambiguous: write, stale: true}
 	case errors.Is(err, ErrTooLarge), errors.Is(err, ErrClosed):
 		return outcome{} // refused before sending
 	default: // a response that does not fit: the server did something

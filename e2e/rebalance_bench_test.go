@@ -1,12 +1,12 @@
 package e2e
 
 import (
-	"os"
-	"path/filepath"
 	"context"
 	"crypto/rand"
 	"flag"
 	"fmt"
+	"os"
+	"path/filepath"
 	"testing"
 	"time"
 

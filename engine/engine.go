@@ -316,6 +316,14 @@ func (e *Engine) Close() (err error) {
 	return nil
 }
 
+// Err returns the sticky fail-stop error (wrapping ErrFailStop), or nil
+// while the engine is healthy.
+func (e *Engine) Err() error {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return e.mu.err
+}
+
 // enter takes closeMu shared and reports the engine's error, if any. On
 // success the caller must call e.closeMu.RUnlock.
 func (e *Engine) enter() error {

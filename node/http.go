@@ -78,11 +78,21 @@ func writeOpError(w http.ResponseWriter, err error) {
 		writeError(w, http.StatusRequestEntityTooLarge, err.Error())
 	case errors.Is(err, engine.ErrNotFound):
 		writeError(w, http.StatusNotFound, "key not found")
-	case errors.As(err, &nl), errors.Is(err, errUnavailable), errors.Is(err, errStopping):
+	case errors.As(err, &nl), errors.Is(err, errUnavailable), errors.Is(err, errStopping),
+		errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded):
 		writeError(w, http.StatusServiceUnavailable, err.Error())
 	default:
 		writeError(w, http.StatusInternalServerError, err.Error())
 	}
+}
+
+// writeContext is the context a write runs under: the request's, without
+// its cancellation. Go's server cancels a request whose client half-closes
+// its connection after sending it (or goes away); the write may be in the
+// log already, so it runs to its outcome (within the request timeout) and
+// the answer goes to whoever still reads.
+func writeContext(r *http.Request) context.Context {
+	return context.WithoutCancel(r.Context())
 }
 
 // keyFromPath returns the {key...} of a /kv/ path, unescaped.
@@ -186,14 +196,14 @@ func (n *Node) handlePut(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 		var ok bool
-		ok, ver, err = n.cas(r.Context(), key, value, expect)
+		ok, ver, err = n.cas(writeContext(r), key, value, expect)
 		if err == nil && !ok {
 			writeJSON(w, http.StatusConflict, map[string]any{
 				"error": fmt.Sprintf("version mismatch: the key's version is %d, not %d", ver, expect), "version": ver})
 			return
 		}
 	} else {
-		ver, err = n.put(r.Context(), key, value)
+		ver, err = n.put(writeContext(r), key, value)
 	}
 	if err != nil {
 		if !n.forward(w, r, err, value) {
@@ -209,7 +219,7 @@ func (n *Node) handleDelete(w http.ResponseWriter, r *http.Request) {
 }
 
 func (n *Node) deleteKey(w http.ResponseWriter, r *http.Request, key []byte) {
-	ver, err := n.del(r.Context(), key)
+	ver, err := n.del(writeContext(r), key)
 	if err != nil {
 		if !n.forward(w, r, err, nil) {
 			writeOpError(w, err)
@@ -241,7 +251,7 @@ func (n *Node) handleCKSet(w http.ResponseWriter, r *http.Request) {
 		writeOpError(w, fmt.Errorf("%w: body must have both \"key\" and \"value\"", errBadRequest))
 		return
 	}
-	ver, err := n.put(r.Context(), []byte(*req.Key), []byte(*req.Value))
+	ver, err := n.put(writeContext(r), []byte(*req.Key), []byte(*req.Value))
 	if err != nil {
 		if !n.forward(w, r, err, body) {
 			writeOpError(w, err)

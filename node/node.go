@@ -208,7 +208,10 @@ func Open(ctx context.Context, cfg Config) (_ *Node, err error) {
 
 	n.wg.Add(1)
 	go n.serveKV()
-	n.httpSrv = &http.Server{Handler: n.routes(), ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 2 * time.Minute}
+	// A client that never finishes its headers or body is cut off
+	// (slowloris); a 1 MiB value over a slow link still fits.
+	n.httpSrv = &http.Server{Handler: n.routes(), ReadHeaderTimeout: 10 * time.Second, ReadTimeout: 2 * time.Minute,
+		IdleTimeout: 2 * time.Minute}
 	n.wg.Add(1)
 	go func() {
 		defer n.wg.Done()

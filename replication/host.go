@@ -233,6 +233,18 @@ func (h *Host) runTask(ctx context.Context, fn func() error) error {
 func (h *Host) run() {
 	defer h.wg.Done()
 	defer close(h.loopDone)
+	defer func() {
+		// raft panics when the storage it reads fails; after a WAL or
+		// engine failure that is expected, and it is the fail-stop, not a
+		// crash: stop cleanly and say why.
+		if r := recover(); r != nil {
+			err := h.storageFailure()
+			if err == nil {
+				panic(r)
+			}
+			h.failStop(fmt.Errorf("%w (raft stopped on it: %v)", err, r))
+		}
+	}()
 	ticker := time.NewTicker(h.cfg.TickInterval)
 	defer ticker.Stop()
 	for {
@@ -245,6 +257,11 @@ func (h *Host) run() {
 		case <-h.wake:
 		}
 		for {
+			if err := h.storageFailure(); err != nil {
+				// Do not let raft read storage that has failed.
+				h.failStop(err)
+				return
+			}
 			h.processInbox()
 			if len(h.dirty) == 0 {
 				break
@@ -454,12 +471,28 @@ func (h *Host) onSoftState(r *replica, ss *raft.SoftState) {
 	}
 }
 
+// storageFailure returns the error of a failed WAL or engine, or of an
+// earlier fail-stop.
+func (h *Host) storageFailure() error {
+	if err := h.wal.Err(); err != nil {
+		return err
+	}
+	if err := h.eng.Err(); err != nil {
+		return err
+	}
+	h.mu.RLock()
+	defer h.mu.RUnlock()
+	return h.mu.failed
+}
+
 // failStop stops the loop after a storage failure: nothing more is
 // acknowledged (P5).
 func (h *Host) failStop(err error) {
-	h.logger.Error("replication stopped by a storage failure; acknowledging nothing more", "err", err)
 	h.mu.Lock()
-	h.mu.failed = fmt.Errorf("replication: fail-stop: %w", err)
+	if h.mu.failed == nil {
+		h.mu.failed = fmt.Errorf("replication: fail-stop: %w", err)
+		h.logger.Error("replication stopped by a storage failure; acknowledging nothing more", "err", err)
+	}
 	failed := h.mu.failed
 	h.mu.Unlock()
 	h.shutdown(failed)

@@ -9,6 +9,7 @@ import (
 	"sync/atomic"
 
 	"github.com/cockroachdb/pebble/v2"
+	"github.com/cockroachdb/pebble/v2/record"
 	"go.etcd.io/raft/v3"
 	"go.etcd.io/raft/v3/raftpb"
 	"google.golang.org/protobuf/proto"
@@ -104,6 +105,10 @@ func Open(dir string, opts *Options) (*WAL, error) {
 	}
 	db, err := pebble.Open(dir, popts)
 	if err != nil {
+		if isCorruption(err) {
+			return nil, fmt.Errorf("wal: the raft log in %s is corrupt and the node cannot start from it: %w "+
+				"(move the node's data dir aside and start it empty, remove the old member, to rebuild from its peers)", dir, err)
+		}
 		return nil, fmt.Errorf("wal: open %s: %w", dir, err)
 	}
 	w.db = db
@@ -145,6 +150,10 @@ func (w *WAL) closeAfterFailure() {
 		w.logger.Warn("closing pebble after a failure", "err", err)
 	}
 }
+
+// Err returns the failure that stopped the WAL (wrapping ErrFailed), or
+// nil while it is healthy.
+func (w *WAL) Err() error { return w.err() }
 
 // Metrics returns the cumulative counters.
 func (w *WAL) Metrics() Metrics {
@@ -489,6 +498,13 @@ func (w *WAL) loadGroupLocked(id uint64) (*group, error) {
 	}
 	g.mu.cacheFirst = g.mu.lastIndex + 1
 	return g, nil
+}
+
+// isCorruption reports whether an error from opening Pebble means damaged
+// files rather than, say, a missing directory.
+func isCorruption(err error) bool {
+	return errors.Is(err, pebble.ErrCorruption) || errors.Is(err, record.ErrInvalidChunk) ||
+		errors.Is(err, record.ErrZeroedChunk) || errors.Is(err, record.ErrUnexpectedEOF)
 }
 
 // pebbleFatal carries an error Pebble reported through Logger.Fatalf.
