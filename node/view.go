@@ -19,12 +19,12 @@ import (
 
 // groupReport is what a group's leader says about it.
 type groupReport struct {
-	Group    uint64            `json:"group"`
-	Leader   uint64            `json:"leader"`
-	Term     uint64            `json:"term"`
-	Commit   uint64            `json:"commit"`
-	Voters   []uint64          `json:"voters"`
-	Learners []uint64          `json:"learners,omitempty"`
+	Group    uint64   `json:"group"`
+	Leader   uint64   `json:"leader"`
+	Term     uint64   `json:"term"`
+	Commit   uint64   `json:"commit"`
+	Voters   []uint64 `json:"voters"`
+	Learners []uint64 `json:"learners,omitempty"`
 }
 
 // nodeReport is one node's answer to /internal/groups.

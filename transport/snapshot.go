@@ -117,8 +117,8 @@ func (t *Transport) SendSnapshot(ctx context.Context, to uint64, m Message, body
 	}()
 
 	w = &chunkWriter{
-		conn:      conn,
-		timeout:   t.cfg.WriteTimeout,
+		conn:    conn,
+		timeout: t.cfg.WriteTimeout,
 		// The body comes compressed from its producer (the engine streams
 		// s2 frames); compressing it again would cost CPU for nothing.
 		threshold: -1,
