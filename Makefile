@@ -9,7 +9,7 @@ BENCHTIME ?= 2s
 # here.
 ARTIFACTS ?= $(CURDIR)/test-artifacts
 
-.PHONY: all build run test test-race vet chaos bench bench-e2e bench-micro bench-storage bench-replication bench-rebalance fuzz clean
+.PHONY: all build run test test-race vet chaos bench bench-e2e bench-micro bench-storage bench-replication bench-rebalance bench-restart fuzz clean
 
 all: build
 
@@ -58,6 +58,10 @@ bench-e2e:
 
 # Storage, transport and replication micro-benchmarks on the real disk.
 bench-micro: bench-storage bench-replication
+
+# A node holding 1,000,000 keys killed and restarted: time until ready.
+bench-restart:
+	$(GO) test -run '^$$' -bench BenchmarkRestart -benchtime 1x -timeout 30m ./e2e
 
 # Moving a quarter of 1 GiB to a fourth node (snapshot streaming speed).
 bench-rebalance:

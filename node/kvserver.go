@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"runtime"
 	"slices"
 	"sync"
 	"time"
@@ -139,6 +140,9 @@ func (c *clientConn) writeLoop() {
 	var buf []byte
 	for {
 		<-c.wake
+		// Let the request goroutines finishing now queue their answers
+		// first: one write carries them all.
+		runtime.Gosched()
 		c.mu.Lock()
 		frames, closed := c.pending, c.closed
 		c.pending = nil

@@ -1,7 +1,9 @@
 package replication
 
 import (
+	"cmp"
 	"fmt"
+	"slices"
 	"time"
 
 	"go.etcd.io/raft/v3"
@@ -141,6 +143,9 @@ func (h *Host) persist(work []appendWork) error {
 			u.HardState = &raftpb.HardState{Term: m.Term, Vote: m.Vote, Commit: m.Commit}
 		}
 	}
+	// In group order the batch's keys are sorted ((kind, group, index)),
+	// which lets Pebble's memtable insert each next to the last.
+	slices.SortFunc(ups, func(a, b wal.Update) int { return cmp.Compare(a.Group, b.Group) })
 	if len(ups) > 0 {
 		// A round that only moved commit indexes needs no fsync (see
 		// needsSync); the next synced round makes it durable too.

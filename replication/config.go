@@ -57,11 +57,13 @@ type Config struct {
 	// must be kept and replayed after a crash. Default: 1s.
 	EngineSyncInterval time.Duration
 	// CompactThreshold is how many applied-and-synced entries a group's log
-	// may hold before it is compacted. Default: 4096.
+	// may hold before it is compacted. Small enough that most entries are
+	// deleted while still in the WAL's memtable, so flushes carry little.
+	// Default: 1024.
 	CompactThreshold uint64
 	// LogRetainEntries is how many entries below the compaction point's
 	// candidate are kept anyway, so that a follower slightly behind catches
-	// up from the log instead of a snapshot. Default: 1024.
+	// up from the log instead of a snapshot. Default: 256.
 	LogRetainEntries uint64
 	// MaxConcurrentSnapshots bounds the snapshots this node sends at once.
 	// Default: 2.
@@ -100,10 +102,10 @@ func (c *Config) EnsureDefaults() *Config {
 		n.EngineSyncInterval = time.Second
 	}
 	if n.CompactThreshold == 0 {
-		n.CompactThreshold = 4096
+		n.CompactThreshold = 1024
 	}
 	if n.LogRetainEntries == 0 {
-		n.LogRetainEntries = 1024
+		n.LogRetainEntries = 256
 	}
 	if n.MaxConcurrentSnapshots == 0 {
 		n.MaxConcurrentSnapshots = 2

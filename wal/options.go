@@ -26,7 +26,7 @@ type Options struct {
 	// append-then-delete data with a short life, so a large memtable lets
 	// most entries be truncated before they are ever flushed to an sstable.
 	//
-	// Default: 64 MiB. Minimum: 1 MiB.
+	// Default: 32 MiB. Minimum: 1 MiB.
 	MemTableSize uint64
 
 	// CacheSize is the Pebble block cache, used only when a follower far
@@ -49,7 +49,7 @@ type Options struct {
 }
 
 const (
-	defaultMemTableSize   = 64 << 20
+	defaultMemTableSize   = 32 << 20
 	minMemTableSize       = 1 << 20
 	defaultCacheSize      = 16 << 20
 	defaultEntryCacheSize = 4 << 20

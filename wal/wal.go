@@ -282,9 +282,13 @@ func (w *WAL) append(updates []Update, opt *pebble.WriteOptions) error {
 				return err
 			}
 		}
-		if hs := u.HardState; hs != nil {
+	}
+	// Hard states after every entry: their keys sort after all entry
+	// keys, so a batch of updates in group order is a batch of sorted keys.
+	for i := range updates {
+		if hs := updates[i].HardState; hs != nil {
 			scratch = appendHardStateValue(scratch[:0], hs.GetTerm(), hs.GetVote(), hs.GetCommit())
-			if err := b.Set(hardStateKey(g.id), scratch, nil); err != nil {
+			if err := b.Set(hardStateKey(updates[i].Group), scratch, nil); err != nil {
 				return err
 			}
 		}
