@@ -636,9 +636,11 @@ func TestSlowloris(t *testing.T) {
 // the node does not crash, and normal requests still succeed.
 func TestManyIdleConnections(t *testing.T) {
 	have := raiseFDLimit(t)
-	const perPort = 3000
-	if have < 2*perPort+500 {
-		t.Skipf("RLIMIT_NOFILE is %d; need %d", have, 2*perPort+500)
+	// 3000 per port when the file limit allows (it does as root, as CI
+	// runs); fewer, never none, where it does not.
+	perPort := min(3000, (int(have)-500)/2)
+	if perPort < 200 {
+		t.Fatalf("RLIMIT_NOFILE is %d and cannot be raised: too low to test idle connections", have)
 	}
 	c := startCluster(t, 1)
 	n := c.Node(0)

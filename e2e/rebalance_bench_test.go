@@ -37,37 +37,13 @@ func benchRebalance(b *testing.B) {
 	const valueSize = 64 << 10
 	keys := int(*rebalanceBytes / valueSize)
 	start := time.Now()
-	const batch = 8
-	sem := make(chan struct{}, 8)
-	errc := make(chan error, 1)
-	for i := 0; i < keys; i += batch {
-		var kvs []client.KV
-		for j := i; j < min(i+batch, keys); j++ {
-			// Every value distinct: repeated ones would compress away in
-			// the snapshot stream and flatter the figure.
-			value := make([]byte, valueSize)
-			rand.Read(value)
-			kvs = append(kvs, client.KV{Key: fmt.Sprintf("bulk-%08d", j), Value: value})
-		}
-		sem <- struct{}{}
-		go func() {
-			defer func() { <-sem }()
-			if _, err := cl.MSet(ctx, kvs); err != nil {
-				select {
-				case errc <- err:
-				default:
-				}
-			}
-		}()
-	}
-	for range cap(sem) {
-		sem <- struct{}{}
-	}
-	select {
-	case err := <-errc:
-		b.Fatal(err)
-	default:
-	}
+	bulkLoad(b, cl, keys, 8, 8, func(j int) client.KV {
+		// Every value distinct: repeated ones would compress away in the
+		// snapshot stream and flatter the figure.
+		value := make([]byte, valueSize)
+		rand.Read(value)
+		return client.KV{Key: fmt.Sprintf("bulk-%08d", j), Value: value}
+	})
 	loaded := time.Since(start)
 	b.Logf("loaded %d MiB in %v (%.0f MB/s through the write path)", *rebalanceBytes>>20, loaded.Round(time.Millisecond),
 		float64(*rebalanceBytes)/loaded.Seconds()/1e6)
@@ -112,5 +88,38 @@ func benchRebalance(b *testing.B) {
 			data, _ := os.ReadFile(n.LogPath)
 			os.WriteFile(filepath.Join(os.Getenv("KVNODE_KEEP_LOGS"), n.Name+".log"), data, 0o644)
 		}
+	}
+}
+
+// bulkLoad writes n keys through MSet requests of batch items, with up to
+// parallel requests in flight, and fails the benchmark on any error.
+func bulkLoad(b *testing.B, cl *client.Client, n, batch, parallel int, kv func(i int) client.KV) {
+	b.Helper()
+	ctx := context.Background()
+	sem := make(chan struct{}, parallel)
+	errc := make(chan error, 1)
+	for i := 0; i < n; i += batch {
+		kvs := make([]client.KV, 0, batch)
+		for j := i; j < min(i+batch, n); j++ {
+			kvs = append(kvs, kv(j))
+		}
+		sem <- struct{}{}
+		go func() {
+			defer func() { <-sem }()
+			if _, err := cl.MSet(ctx, kvs); err != nil {
+				select {
+				case errc <- err:
+				default:
+				}
+			}
+		}()
+	}
+	for range cap(sem) {
+		sem <- struct{}{}
+	}
+	select {
+	case err := <-errc:
+		b.Fatal(err)
+	default:
 	}
 }

@@ -27,34 +27,10 @@ func BenchmarkRestart(b *testing.B) {
 		ctx := context.Background()
 		value := make([]byte, 256)
 		start := time.Now()
-		const batch = 500
-		sem := make(chan struct{}, 16)
-		errc := make(chan error, 1)
-		for i := 0; i < *restartKeys; i += batch {
-			kvs := make([]client.KV, 0, batch)
-			for j := i; j < min(i+batch, *restartKeys); j++ {
-				kvs = append(kvs, client.KV{Key: fmt.Sprintf("key-%09d", j), Value: value})
-			}
-			sem <- struct{}{}
-			go func() {
-				defer func() { <-sem }()
-				if _, err := cl.MSet(ctx, kvs); err != nil {
-					select {
-					case errc <- err:
-					default:
-					}
-				}
-			}()
-		}
-		for range cap(sem) {
-			sem <- struct{}{}
-		}
+		bulkLoad(b, cl, *restartKeys, 500, 16, func(j int) client.KV {
+			return client.KV{Key: fmt.Sprintf("key-%09d", j), Value: value}
+		})
 		cl.Close()
-		select {
-		case err := <-errc:
-			b.Fatal(err)
-		default:
-		}
 		b.Logf("loaded %d keys in %v", *restartKeys, time.Since(start).Round(time.Millisecond))
 		n := c.Node(1)
 		if err := n.Kill(); err != nil {

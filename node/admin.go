@@ -167,14 +167,7 @@ func (n *Node) handleRemove(w http.ResponseWriter, r *http.Request) {
 	}
 	force := r.URL.Query().Get("force") == "true"
 	if !n.isMetaLeader() {
-		m, err := n.meta.load()
-		var ld *nodeInfo
-		if err == nil {
-			ld, _ = n.metaLeader(m)
-		}
-		if ld == nil || !n.forward(w, r, &notLeaderError{Group: metaGroup, Leader: ld}, nil) {
-			writeError(w, http.StatusServiceUnavailable, "the cluster has no meta leader right now; retry")
-		}
+		n.forwardToMetaLeader(w, r, nil)
 		return
 	}
 	ctx, cancel := context.WithTimeout(r.Context(), n.cfg.RequestTimeout)

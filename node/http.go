@@ -150,6 +150,18 @@ func (n *Node) forward(w http.ResponseWriter, r *http.Request, err error, body [
 
 const versionHeader = "X-Kvnode-Version"
 
+// forwardToMetaLeader sends a request that only the meta group's leader
+// can serve (joins, removals) to it.
+func (n *Node) forwardToMetaLeader(w http.ResponseWriter, r *http.Request, body []byte) {
+	var ld *nodeInfo
+	if m, err := n.meta.load(); err == nil {
+		ld, _ = n.metaLeader(m)
+	}
+	if ld == nil || !n.forward(w, r, &notLeaderError{Group: metaGroup, Leader: ld}, body) {
+		writeError(w, http.StatusServiceUnavailable, "the cluster has no meta leader right now; retry")
+	}
+}
+
 func (n *Node) handleGet(w http.ResponseWriter, r *http.Request) {
 	key := keyFromPath(r)
 	stale, err := parseConsistency(r)
@@ -494,15 +506,8 @@ func (n *Node) handleJoin(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if !n.isMetaLeader() {
-		m, err := n.meta.load()
-		var ld *nodeInfo
-		if err == nil {
-			ld, _ = n.metaLeader(m)
-		}
 		body, _ := json.Marshal(req)
-		if ld == nil || !n.forward(w, r, &notLeaderError{Group: metaGroup, Leader: ld}, body) {
-			writeError(w, http.StatusServiceUnavailable, "the cluster has no meta leader right now; retry")
-		}
+		n.forwardToMetaLeader(w, r, body)
 		return
 	}
 	ctx, cancel := context.WithTimeout(r.Context(), n.cfg.RequestTimeout)

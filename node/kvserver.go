@@ -279,46 +279,61 @@ func (c *clientConn) handle(id uint64, op wire.Op, body []byte) {
 // items would otherwise decode into a great deal of memory.
 const maxBatchItems = 10000
 
-// mget reads many keys, the keys of each partition together.
-func (n *Node) mget(ctx context.Context, req wire.MGetRequest) (*wire.MGetResponse, error) {
-	if len(req.Keys) > maxBatchItems {
-		return nil, fmt.Errorf("%w: %d keys in one MGet; at most %d", errBadRequest, len(req.Keys), maxBatchItems)
-	}
-	resp := &wire.MGetResponse{Items: make([]wire.MGetItem, len(req.Keys))}
+// groupKeys maps each key to its group, checking every key first: a bad
+// key fails the whole request before anything is done.
+func (n *Node) groupKeys(keys int, key func(i int) []byte) (map[uint64][]int, error) {
 	byGroup := map[uint64][]int{}
-	for i, k := range req.Keys {
-		g, err := n.keyGroup(k)
+	for i := range keys {
+		g, err := n.keyGroup(key(i))
 		if err != nil {
 			return nil, err
 		}
 		byGroup[g] = append(byGroup[g], i)
 	}
+	return byGroup, nil
+}
+
+// eachGroup runs fn for every group concurrently and returns the first
+// error.
+func eachGroup(byGroup map[uint64][]int, fn func(g uint64, idx []int) error) error {
 	var wg sync.WaitGroup
-	var mu sync.Mutex
-	var firstErr error
+	var once sync.Once
+	var first error
 	for g, idx := range byGroup {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for _, i := range idx {
-				v, ver, err := n.read(ctx, g, req.Keys[i], req.Stale)
-				if errors.Is(err, engine.ErrNotFound) {
-					continue
-				}
-				if err != nil {
-					mu.Lock()
-					if firstErr == nil {
-						firstErr = err
-					}
-					mu.Unlock()
-					return
-				}
-				resp.Items[i] = wire.MGetItem{Found: true, Value: v, Version: ver}
+		wg.Go(func() {
+			if err := fn(g, idx); err != nil {
+				once.Do(func() { first = err })
 			}
-		}()
+		})
 	}
 	wg.Wait()
-	return resp, firstErr
+	return first
+}
+
+// mget reads many keys, the keys of each partition together.
+func (n *Node) mget(ctx context.Context, req wire.MGetRequest) (*wire.MGetResponse, error) {
+	if len(req.Keys) > maxBatchItems {
+		return nil, fmt.Errorf("%w: %d keys in one MGet; at most %d", errBadRequest, len(req.Keys), maxBatchItems)
+	}
+	byGroup, err := n.groupKeys(len(req.Keys), func(i int) []byte { return req.Keys[i] })
+	if err != nil {
+		return nil, err
+	}
+	resp := &wire.MGetResponse{Items: make([]wire.MGetItem, len(req.Keys))}
+	err = eachGroup(byGroup, func(g uint64, idx []int) error {
+		for _, i := range idx {
+			v, ver, err := n.read(ctx, g, req.Keys[i], req.Stale)
+			if errors.Is(err, engine.ErrNotFound) {
+				continue
+			}
+			if err != nil {
+				return err
+			}
+			resp.Items[i] = wire.MGetItem{Found: true, Value: v, Version: ver}
+		}
+		return nil
+	})
+	return resp, err
 }
 
 // mset writes many keys: one raft entry per partition, atomic within it.
@@ -326,43 +341,29 @@ func (n *Node) mset(ctx context.Context, req wire.MSetRequest) (*wire.MSetRespon
 	if len(req.Items) > maxBatchItems {
 		return nil, fmt.Errorf("%w: %d items in one MSet; at most %d", errBadRequest, len(req.Items), maxBatchItems)
 	}
-	resp := &wire.MSetResponse{Versions: make([]uint64, len(req.Items))}
-	byGroup := map[uint64][]int{}
-	for i, it := range req.Items {
-		g, err := n.keyGroup(it.Key)
-		if err != nil {
-			return nil, err
-		}
+	for _, it := range req.Items {
 		if err := n.checkValue(it.Value); err != nil {
 			return nil, err
 		}
-		byGroup[g] = append(byGroup[g], i)
 	}
-	var wg sync.WaitGroup
-	var mu sync.Mutex
-	var firstErr error
-	for g, idx := range byGroup {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			ops := make([]engine.Op, len(idx))
-			for j, i := range idx {
-				ops[j] = engine.Op{Kind: engine.OpPut, Key: req.Items[i].Key, Value: req.Items[i].Value}
-			}
-			res, err := n.write(ctx, g, ops)
-			mu.Lock()
-			defer mu.Unlock()
-			if err != nil {
-				if firstErr == nil {
-					firstErr = err
-				}
-				return
-			}
-			for j, i := range idx {
-				resp.Versions[i] = res[j].Version
-			}
-		}()
+	byGroup, err := n.groupKeys(len(req.Items), func(i int) []byte { return req.Items[i].Key })
+	if err != nil {
+		return nil, err
 	}
-	wg.Wait()
-	return resp, firstErr
+	resp := &wire.MSetResponse{Versions: make([]uint64, len(req.Items))}
+	err = eachGroup(byGroup, func(g uint64, idx []int) error {
+		ops := make([]engine.Op, len(idx))
+		for j, i := range idx {
+			ops[j] = engine.Op{Kind: engine.OpPut, Key: req.Items[i].Key, Value: req.Items[i].Value}
+		}
+		res, err := n.write(ctx, g, ops)
+		if err != nil {
+			return err
+		}
+		for j, i := range idx {
+			resp.Versions[i] = res[j].Version
+		}
+		return nil
+	})
+	return resp, err
 }

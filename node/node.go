@@ -123,7 +123,9 @@ func Open(ctx context.Context, cfg Config) (_ *Node, err error) {
 	n.events = newEventBus(n.logger)
 	n.view = newView()
 	n.metrics = newMetrics(n)
-	n.fwd = &http.Client{Timeout: c.RequestTimeout + time.Second}
+	// Its own transport, not the process-wide default: Close releases its
+	// connections (and their goroutines) with the node.
+	n.fwd = &http.Client{Transport: http.DefaultTransport.(*http.Transport).Clone(), Timeout: c.RequestTimeout + time.Second}
 	defer func() {
 		if err != nil {
 			n.abort()
@@ -372,6 +374,7 @@ func (n *Node) closeStores() error {
 		errs = append(errs, n.tr.Close())
 	}
 	n.wg.Wait()
+	n.fwd.CloseIdleConnections()
 	if n.wal != nil {
 		if err := n.wal.Close(); err != nil && !errors.Is(err, wal.ErrClosed) {
 			errs = append(errs, err)
