@@ -295,22 +295,14 @@ func (r *chaosRun) must(err error) {
 
 func (r *chaosRun) sleep(lo, hi time.Duration) { chaos.Sleep(r.ctx, r.c.Jitter(lo, hi)) }
 
-func killLeaders(r *chaosRun) {
-	for first := true; first || r.more(); first = false {
-		i := r.c.TopLeader(r.ctx)
-		r.c.Event("leaders: %s", r.c.DescribeLeaders(r.ctx))
-		r.must(r.c.Kill(i))
-		r.expectProgress("with " + r.c.Node(i).Name + " killed")
-		r.sleep(0, time.Second)
-		r.must(r.c.Restart(i))
-		r.waitReady()
-		r.sleep(0, 500*time.Millisecond)
-	}
-}
+func killLeaders(r *chaosRun)   { killRestartLoop(r, r.c.TopLeader) }
+func killFollowers(r *chaosRun) { killRestartLoop(r, r.c.Follower) }
 
-func killFollowers(r *chaosRun) {
+// killRestartLoop SIGKILLs the node pick chooses, checks that the survivors
+// still make progress, and restarts it, until the scenario's time is up.
+func killRestartLoop(r *chaosRun, pick func(context.Context) int) {
 	for first := true; first || r.more(); first = false {
-		i := r.c.Follower(r.ctx)
+		i := pick(r.ctx)
 		r.c.Event("leaders: %s", r.c.DescribeLeaders(r.ctx))
 		r.must(r.c.Kill(i))
 		r.expectProgress("with " + r.c.Node(i).Name + " killed")
