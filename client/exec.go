@@ -18,12 +18,13 @@ type opKind uint8
 const (
 	// opRead is retried after every transient failure; it changes nothing.
 	opRead opKind = iota
-	// opWrite is retried after every transient failure too: the value
-	// written is the same either way. An ambiguous failure along the way
-	// is reported with ErrUnknownOutcome if the operation fails in the end.
+	// opWrite is retried only after failures that prove it was not
+	// applied (not the leader, stopping, never sent). Even a plain Set
+	// applied twice is not linearizable: the second copy can land after
+	// another client's write to the key, which readers already saw.
 	opWrite
-	// opCAS is retried only after failures that prove it was not applied:
-	// applying it twice could turn its success into a reported failure.
+	// opCAS is retried on the same terms as opWrite; applied twice, it
+	// could also turn its own success into a reported failure.
 	opCAS
 )
 

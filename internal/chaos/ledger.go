@@ -50,8 +50,12 @@ type keyRecord struct {
 	ackValue string
 	ackVer   uint64
 	acked    bool
-	unknown  map[string]bool // values of writes with an unknown outcome
-	failed   map[string]bool // values of writes the client said were not applied
+	// everAcked holds every value acknowledged for the key, not only the
+	// last: a lagging replica may still serve an older acknowledged value
+	// while it catches up, and that is not corruption.
+	everAcked map[string]bool
+	unknown   map[string]bool // values of writes with an unknown outcome
+	failed    map[string]bool // values of writes the client said were not applied
 }
 
 type ackEvent struct {
@@ -124,6 +128,10 @@ func (l *Ledger) writer(w int) {
 		switch {
 		case err == nil:
 			rec.acked, rec.ackValue, rec.ackVer = true, value, ver
+			if rec.everAcked == nil {
+				rec.everAcked = map[string]bool{}
+			}
+			rec.everAcked[value] = true
 			l.acks = append(l.acks, ackEvent{key: key, invoked: invoked, done: done})
 			l.acked.Add(1)
 			l.lastAck.Store(done.UnixNano())
@@ -233,7 +241,7 @@ func (r *LedgerResult) String() string {
 
 // written reports whether value is one that some write of rec carried.
 func (rec *keyRecord) written(v string) bool {
-	return (rec.acked && v == rec.ackValue) || rec.unknown[v] || rec.failed[v]
+	return rec.everAcked[v] || rec.unknown[v] || rec.failed[v]
 }
 
 // Check verifies every key, after the writers have stopped and the faults
