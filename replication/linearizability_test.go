@@ -15,7 +15,12 @@ import (
 	"kvnode/internal/history"
 )
 
-var linDuration = flag.Duration("lin.duration", 30*time.Second, "how long TestLinearizability runs its nemesis")
+var (
+	linDuration = flag.Duration("lin.duration", 30*time.Second, "how long TestLinearizability runs its nemesis")
+	// The seed fixes the clients' operations and the nemesis's choices;
+	// goroutine timing still differs between runs.
+	linSeed = flag.Uint64("lin.seed", 0, "seed for TestLinearizability (0: from the clock)")
+)
 
 // TestLinearizability is P2: 8 clients do put, get and compare-and-set on
 // a few keys while a nemesis kills, restarts and isolates nodes (one at a
@@ -25,8 +30,11 @@ func TestLinearizability(t *testing.T) {
 	if testing.Short() {
 		d = 5 * time.Second
 	}
-	seed := uint64(time.Now().UnixNano())
-	t.Logf("seed %d, duration %v", seed, d)
+	seed := *linSeed
+	if seed == 0 {
+		seed = uint64(time.Now().UnixNano())
+	}
+	t.Logf("seed %d (replay: make lin LIN_SEED=%d), duration %v", seed, seed, d)
 	c := newTestCluster(t, 3, 3, nil)
 	keys := []string{"a", "b", "c", "d", "e"}
 	groupOf := func(k string) uint64 { return c.groups[int(k[0])%len(c.groups)] }
