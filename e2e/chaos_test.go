@@ -109,7 +109,7 @@ var chaosTotals struct {
 // CHAOS-TOTALS; the parent test logs CHAOS-SUMMARY.
 func TestChaos(t *testing.T) {
 	seed, dur := chaosSettings(t)
-	t.Logf("chaos seed %d, %v of faults per scenario (replay: go test ./e2e -run 'TestChaos/NAME$' -v -chaos.seed=%d -chaos.duration=%v)", seed, dur, seed, dur)
+	t.Logf("chaos seed %d, %v of faults per scenario (replay one scenario: make chaos CHAOS_RUN='TestChaos/NAME$$' CHAOS_SEED=%d CHAOS_DURATION=%v)", seed, dur, seed, dur)
 	start := time.Now()
 	for _, sc := range scenarios {
 		t.Run(sc.name, func(t *testing.T) { runScenario(t, sc, seed, dur) })
@@ -203,7 +203,7 @@ func runScenario(t *testing.T, sc scenario, baseSeed uint64, dur time.Duration) 
 	if err != nil {
 		t.Errorf("ledger check: %v", err)
 	}
-	viz := filepath.Join(t.ArtifactDir(), sc.name+"-history.html")
+	viz := func() string { return filepath.Join(t.ArtifactDir(), sc.name+"-history.html") }
 	checkTimeout := 2 * time.Minute
 	linRes, linErr := r.reg.Check(checkTimeout, viz)
 	definite, unknown, regWrites := r.reg.Counts()
@@ -723,7 +723,7 @@ func TestChaosCheckersCatch(t *testing.T) {
 	}
 	t.Logf("ledger found: %v %v", res, res.Problems)
 	viz := filepath.Join(t.TempDir(), "viz.html")
-	lin, err := reg.Check(time.Minute, viz)
+	lin, err := reg.Check(time.Minute, func() string { return viz })
 	if lin != porcupine.Illegal {
 		t.Errorf("porcupine missed the sabotage: %v %v", lin, err)
 	}

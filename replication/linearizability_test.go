@@ -85,7 +85,7 @@ func TestLinearizability(t *testing.T) {
 	if def < 100 {
 		t.Fatalf("only %d operations completed: the test checked too little", def)
 	}
-	viz := filepath.Join(t.ArtifactDir(), "linearizability.html")
+	viz := func() string { return filepath.Join(t.ArtifactDir(), "linearizability.html") }
 	if _, err := rec.Check(2*time.Minute, viz); err != nil {
 		t.Fatalf("seed %d: %v", seed, err)
 	}

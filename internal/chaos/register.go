@@ -274,9 +274,9 @@ func (r *Register) Counts() (definite, unknown, writes int64) {
 }
 
 // Check stops the workers and checks the history. On a violation or a
-// checker timeout it writes porcupine's visualization to vizPath and
-// returns an error saying so.
-func (r *Register) Check(timeout time.Duration, vizPath string) (porcupine.CheckResult, error) {
+// checker timeout it writes porcupine's visualization to the path vizPath
+// returns (called only then) and returns an error saying so.
+func (r *Register) Check(timeout time.Duration, vizPath func() string) (porcupine.CheckResult, error) {
 	r.Stop()
 	return r.rec.Check(timeout, vizPath)
 }

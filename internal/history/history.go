@@ -114,8 +114,11 @@ func (r *Recorder) Counts() (definite, unknown int) {
 }
 
 // Check checks the history. On a violation (or a checker timeout) it writes
-// porcupine's HTML visualization to vizPath and says so in the error.
-func (r *Recorder) Check(timeout time.Duration, vizPath string) (porcupine.CheckResult, error) {
+// porcupine's HTML visualization to the path vizPath returns and says so in
+// the error. vizPath is called only then, so that a passing check creates
+// no artifact directory (t.ArtifactDir creates one on every call); nil
+// means no visualization.
+func (r *Recorder) Check(timeout time.Duration, vizPath func() string) (porcupine.CheckResult, error) {
 	r.mu.Lock()
 	ops := append([]porcupine.Operation(nil), r.ops...)
 	r.mu.Unlock()
@@ -124,14 +127,15 @@ func (r *Recorder) Check(timeout time.Duration, vizPath string) (porcupine.Check
 	if res == porcupine.Ok {
 		return res, nil
 	}
-	if vizPath == "" {
+	if vizPath == nil {
 		return res, fmt.Errorf("history of %d operations is %v", len(ops), res)
 	}
-	if err := porcupine.VisualizePath(model, info, vizPath); err != nil {
+	path := vizPath()
+	if err := porcupine.VisualizePath(model, info, path); err != nil {
 		return res, fmt.Errorf("history of %d operations is %v; writing the visualization: %v", len(ops), res, err)
 	}
-	if st, err := os.Stat(vizPath); err == nil {
-		return res, fmt.Errorf("history of %d operations is %v; visualization (%d bytes) in %s", len(ops), res, st.Size(), vizPath)
+	if st, err := os.Stat(path); err == nil {
+		return res, fmt.Errorf("history of %d operations is %v; visualization (%d bytes) in %s", len(ops), res, st.Size(), path)
 	}
-	return res, fmt.Errorf("history of %d operations is %v; visualization in %s", len(ops), res, vizPath)
+	return res, fmt.Errorf("history of %d operations is %v; visualization in %s", len(ops), res, path)
 }

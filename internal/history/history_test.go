@@ -70,7 +70,7 @@ func TestRecorderWritesVisualization(t *testing.T) {
 	r.Begin(0, Input{Kind: Put, Key: "x", Value: "a"}).End(Output{Version: 5})
 	r.Begin(1, Input{Kind: Get, Key: "x"}).End(Output{})
 	path := filepath.Join(t.TempDir(), "viz.html")
-	res, err := r.Check(10*time.Second, path)
+	res, err := r.Check(10*time.Second, func() string { return path })
 	if res != porcupine.Illegal || err == nil {
 		t.Fatalf("a lost write checked as %v (%v)", res, err)
 	}
