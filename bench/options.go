@@ -235,7 +235,7 @@ func (o *Options) Validate() error {
 	case o.Local && len(o.Endpoints) > 0:
 		bad("endpoints and local are exclusive: bench a running cluster or start one")
 	case !o.Local && len(o.Endpoints) == 0:
-		bad("no target: give endpoints (HTTP host:port of the nodes) or local")
+		bad("no target: give --endpoints (HTTP host:port of the nodes) or --local")
 	}
 	for i, ep := range o.Endpoints {
 		if strings.TrimSpace(ep) == "" {
@@ -314,7 +314,9 @@ func workloadList() string {
 func ParseArgs(args []string, out io.Writer) (Options, error) {
 	var o Options
 	fs := flag.NewFlagSet("kvnode bench", flag.ContinueOnError)
-	fs.SetOutput(out)
+	// The caller prints a bad flag's error in one message; the usage is
+	// printed for --help only.
+	fs.SetOutput(io.Discard)
 	endpoints := fs.String("endpoints", "", "HTTP addresses of a running cluster's nodes, host:port,... (the client learns the rest)")
 	fs.BoolVar(&o.Local, "local", false, "start a 3-node cluster of this executable on loopback, data in a temporary directory removed afterwards")
 	workloads := fs.String("workload", string(WorkloadWrite), "workloads to run, comma-separated: "+workloadList())
@@ -336,7 +338,7 @@ func ParseArgs(args []string, out io.Writer) (Options, error) {
 	fs.StringVar(&o.PlotFile, "plot", "", "draw throughput and latency percentiles over time into this file (.png, .svg, .pdf)")
 	progress := fs.Duration("progress", DefaultProgressInterval, "progress line period, to stderr; 0: none")
 	fs.Uint64Var(&o.Seed, "seed", 0, "random seed of the key choice; 0: random")
-	fs.Usage = func() {
+	usage := func() {
 		fmt.Fprint(out, `kvnode bench: load a kvnode cluster through the Go client and measure it.
 
 Usage:
@@ -348,11 +350,21 @@ Examples:
   kvnode bench --endpoints localhost:8080 --workload ycsb-b --distribution zipfian --json
   kvnode bench --local --workload write --clients 64 --rate 20000 --duration 30s --plot run.png
 
+Environment:
+  KVNODE_BENCH_CPUPROFILE=FILE  write the bench client's own CPU profile to FILE
+                                (the nodes serve theirs on /debug/pprof/)
+
 Flags:
 `)
+		fs.SetOutput(out)
 		fs.PrintDefaults()
+		fs.SetOutput(io.Discard)
 	}
+	fs.Usage = func() {} // the flag package calls it on every error too
 	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			usage()
+		}
 		return o, err
 	}
 	var errs []error

@@ -118,6 +118,19 @@ func TestParseArgsHelp(t *testing.T) {
 	}
 }
 
+// TestParseArgsBadFlag: a bad flag is one error for the caller to print,
+// not the flag package's message plus the whole usage.
+func TestParseArgsBadFlag(t *testing.T) {
+	var out strings.Builder
+	_, err := ParseArgs([]string{"--bogus"}, &out)
+	if err == nil || !strings.Contains(err.Error(), "-bogus") {
+		t.Fatalf("err = %v, want one naming -bogus", err)
+	}
+	if out.Len() > 0 {
+		t.Errorf("printed %q; the caller prints the error", out.String())
+	}
+}
+
 func TestOptionsValidate(t *testing.T) {
 	for _, tc := range []struct {
 		name string

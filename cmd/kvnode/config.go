@@ -104,8 +104,15 @@ func parseConfig(args []string, getenv func(string) string, out io.Writer) (node
 	logFormat := fs.String("log-format", "", "log format: text or json [$LOG_FORMAT] (default \"text\")")
 	faults := fs.String("test-fault-injection", "", "TEST ONLY: inject storage faults, e.g. \"sync-fail-after=100\" [$KVNODE_TEST_FAULTS]")
 	peers := fs.String("test-peer-addrs", "", "TEST ONLY: dial these addresses for raft traffic to peers, e.g. \"2=127.0.0.1:7001,3=127.0.0.1:7002\" [$KVNODE_TEST_PEER_ADDRS]")
-	fs.Usage = func() { usage(fs, out) }
+	// The flag package prints its error and the whole usage on a bad
+	// flag; run prints one "invalid configuration" message instead, and
+	// the usage only for --help.
+	fs.SetOutput(io.Discard)
+	fs.Usage = func() {}
 	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			usage(fs, out)
+		}
 		return cfg, opts, err
 	}
 	if fs.NArg() > 0 {
@@ -172,9 +179,10 @@ a flag given on the command line wins. A local three-node cluster:
 Flags:
 `)
 	var b strings.Builder
+	prev := fs.Output()
 	fs.SetOutput(&b)
 	fs.PrintDefaults()
-	fs.SetOutput(out)
+	fs.SetOutput(prev)
 	fmt.Fprint(out, b.String())
 }
 

@@ -79,3 +79,48 @@ func TestParseConfig(t *testing.T) {
 		t.Fatalf("--help: %v", err)
 	}
 }
+
+// TestRunBadCommandLine: a command line kvnode cannot use gets one short
+// message and exit status 2; only --help prints the usage (status 0).
+func TestRunBadCommandLine(t *testing.T) {
+	tests := []struct {
+		name      string
+		args      []string
+		wantCode  int
+		want      []string
+		dontWant  []string
+		maxLines  int
+		wantUsage bool
+	}{
+		{name: "unknown flag", args: []string{"--bogus"}, wantCode: 2,
+			want: []string{"invalid configuration", "-bogus", "kvnode --help"}, dontWant: []string{"Flags:"}, maxLines: 4},
+		{name: "flag without its value", args: []string{"--http-port"}, wantCode: 2,
+			want: []string{"invalid configuration", "http-port"}, dontWant: []string{"Flags:"}, maxLines: 4},
+		{name: "stray argument", args: []string{"serve"}, wantCode: 2,
+			want: []string{"unexpected argument \"serve\""}, dontWant: []string{"Flags:"}, maxLines: 4},
+		{name: "help", args: []string{"--help"}, wantCode: 0, want: []string{"Flags:", "NODE_ID"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var stdout, stderr strings.Builder
+			code := run(tt.args, func(string) string { return "" }, &stdout, &stderr)
+			out := stdout.String() + stderr.String()
+			if code != tt.wantCode {
+				t.Fatalf("exit %d, want %d:\n%s", code, tt.wantCode, out)
+			}
+			for _, w := range tt.want {
+				if !strings.Contains(out, w) {
+					t.Errorf("output lacks %q:\n%s", w, out)
+				}
+			}
+			for _, w := range tt.dontWant {
+				if strings.Contains(out, w) {
+					t.Errorf("output has %q:\n%s", w, out)
+				}
+			}
+			if n := strings.Count(strings.TrimSpace(out), "\n") + 1; tt.maxLines > 0 && n > tt.maxLines {
+				t.Errorf("%d lines of output, want at most %d:\n%s", n, tt.maxLines, out)
+			}
+		})
+	}
+}
