@@ -361,8 +361,77 @@ func TestBadInput(t *testing.T) {
 			t.Errorf("%s: the server did not close the connection: %v", tc.name, err)
 		}
 	}
+	// Well-framed requests the node must refuse, on one connection, each
+	// answered with its request id, a status and a message; a frame too
+	// short to be one gets MalformedFrame (id 0) and the connection ends.
+	conn, err := net.Dial("tcp", n.KVAddr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	conn.Write([]byte(wire.ClientPreamble))
+	fr := wire.NewFrameReader(bufio.NewReader(conn), 0)
+	encode := func(id uint64, op wire.Op, body any) []byte {
+		f, err := wire.EncodeFrame(nil, id, uint8(op), body)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return f
+	}
+	for i, tc := range []struct {
+		name   string
+		frame  func(id uint64) []byte
+		status wire.Status
+		text   string
+	}{
+		{"empty key", func(id uint64) []byte {
+			return encode(id, wire.OpSet, &wire.SetRequest{Key: nil, Value: []byte("v")})
+		}, wire.StatusBadRequest, "empty key"},
+		{"oversized key", func(id uint64) []byte {
+			return encode(id, wire.OpSet, &wire.SetRequest{Key: bytes.Repeat([]byte("k"), 129), Value: []byte("v")})
+		}, wire.StatusTooLarge, "max-key-size"},
+		{"oversized value", func(id uint64) []byte {
+			return encode(id, wire.OpSet, &wire.SetRequest{Key: []byte("bigval-kv"), Value: bytes.Repeat([]byte("v"), 4097)})
+		}, wire.StatusTooLarge, "max-value-size"},
+		{"oversized value in MSet", func(id uint64) []byte {
+			return encode(id, wire.OpMSet, &wire.MSetRequest{Items: []wire.MSetItem{
+				{Key: []byte("mset-ok"), Value: []byte("v")}, {Key: []byte("mset-big"), Value: bytes.Repeat([]byte("v"), 4097)}}})
+		}, wire.StatusTooLarge, "max-value-size"},
+		{"unknown op", func(id uint64) []byte { return wire.AppendFrame(nil, id, 200, []byte{0x80}) }, wire.StatusUnknownOp, "200"},
+		{"body of the wrong shape", func(id uint64) []byte {
+			return wire.AppendFrame(nil, id, uint8(wire.OpSet), []byte{0x92, 0x01, 0x02}) // an array, not a map
+		}, wire.StatusBadRequest, ""},
+	} {
+		id := uint64(100 + i)
+		conn.SetDeadline(time.Now().Add(10 * time.Second))
+		if _, err := conn.Write(tc.frame(id)); err != nil {
+			t.Fatalf("%s: %v", tc.name, err)
+		}
+		f, err := readKVResponse(fr)
+		if err != nil {
+			t.Fatalf("%s: no answer: %v", tc.name, err)
+		}
+		var eb wire.ErrorBody
+		derr := wire.Decode(f.Body, &eb)
+		if f.ID != id || f.Status() != tc.status || derr != nil || eb.Code != tc.status || !strings.Contains(eb.Msg, tc.text) {
+			t.Errorf("%s: id %d status %v %+v (%v); want id %d status %v mentioning %q", tc.name, f.ID, f.Status(), eb, derr, id, tc.status, tc.text)
+		}
+	}
+	conn.Write([]byte{0, 0, 0, 1, 0}) // a declared length below the header's
+	if f, err := readKVResponse(fr); err != nil || f.Status() != wire.StatusMalformedFrame || f.ID != 0 {
+		t.Errorf("short frame: %+v %v, want MalformedFrame with id 0", f, err)
+	}
+	if _, err := fr.Next(); err == nil {
+		t.Errorf("the connection stayed open after MalformedFrame")
+	}
+
 	cl := newClient(t, c)
 	ctx := context.Background()
+	for _, k := range []string{"bigval-kv", "mset-ok", "mset-big"} {
+		if _, err := cl.Get(ctx, k); !errors.Is(err, client.ErrNotFound) {
+			t.Errorf("%s: stored by a refused request (%v)", k, err)
+		}
+	}
 	if err := cl.Set(ctx, strings.Repeat("k", 129), []byte("v")); !errors.Is(err, client.ErrTooLarge) {
 		t.Errorf("client oversized key: %v", err)
 	}
