@@ -20,7 +20,7 @@ func TestConfigDefaultsAndValidate(t *testing.T) {
 	cfg.Endpoints = []string{"h:1"}
 	cfg.EnsureDefaults()
 	if cfg.DialTimeout != time.Second || cfg.RequestTimeout != 5*time.Second || cfg.RefreshInterval != 5*time.Second ||
-		cfg.ConnsPerNode != 2 || cfg.MaxRetries != DefaultMaxRetries || cfg.MaxFrameSize != wire.DefaultMaxFrameSize ||
+		cfg.ReadAttemptTimeout != time.Second || cfg.ConnsPerNode != 2 || cfg.MaxRetries != DefaultMaxRetries || cfg.MaxFrameSize != wire.DefaultMaxFrameSize ||
 		cfg.Logger == nil || cfg.StaleReads {
 		t.Fatalf("defaults: %+v", cfg)
 	}
@@ -628,6 +628,75 @@ func TestStaleReadsGoToReplicas(t *testing.T) {
 				case !tc.stale && i != leader && n != 0:
 					t.Errorf("%s, not the leader, served %d linearizable reads", nd.id, n)
 				}
+			}
+		})
+	}
+}
+
+// TestReadAttemptTimeout: a node that accepts a request and never answers
+// (paused, stuck) holds a read only for ReadAttemptTimeout; the read is
+// retried, on another replica if it is stale. A write that was sent is not
+// bounded per attempt: it waits for its answer until the deadline.
+func TestReadAttemptTimeout(t *testing.T) {
+	const key = "user:123"
+	leader := wire.Partition([]byte(key), fakePartitions) % 3
+	for _, tc := range []struct {
+		name    string
+		attempt time.Duration
+		// hangs is how many requests the leader leaves unanswered.
+		hangs   int64
+		op      string // get, stale-get, set
+		wantErr error  // nil: success
+		// wantLeaderReqs is how many requests reach the leader.
+		wantLeaderReqs int64
+		minTime        time.Duration // the call takes at least this long
+		maxTime        time.Duration // and at most this long
+	}{
+		{name: "linearizable read retried on the leader", attempt: 100 * time.Millisecond, hangs: 1, op: "get",
+			wantLeaderReqs: 2, minTime: 100 * time.Millisecond, maxTime: 900 * time.Millisecond},
+		{name: "stale read moves to another replica", attempt: 100 * time.Millisecond, hangs: 1000, op: "stale-get",
+			maxTime: 900 * time.Millisecond},
+		{name: "no bound per attempt", attempt: -1, hangs: 1000, op: "get", wantErr: context.DeadlineExceeded,
+			wantLeaderReqs: 1, minTime: 1500 * time.Millisecond},
+		{name: "a sent write waits until the deadline", attempt: 100 * time.Millisecond, hangs: 1000, op: "set",
+			wantErr: ErrUnknownOutcome, wantLeaderReqs: 1, minTime: 1500 * time.Millisecond},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			fc := newFakeCluster(t, 3)
+			fc.data[key] = fakeItem{[]byte("v"), 1}
+			fc.nodes[leader].setHook(func(r fakeReq) fakeAction {
+				if r.n <= tc.hangs {
+					return fakeAction{hang: true}
+				}
+				return fakeAction{}
+			})
+			c := newTestClient(t, fc, func(cfg *Config) { cfg.ReadAttemptTimeout = tc.attempt })
+			ctx := ctxTimeout(t, 1500*time.Millisecond)
+			start := time.Now()
+			var err error
+			switch tc.op {
+			case "get":
+				_, err = c.Get(ctx, key)
+			case "stale-get":
+				// Enough reads that round robin picks the hung leader.
+				for i := 0; i < 6 && err == nil; i++ {
+					_, err = c.Get(ctx, key, Stale())
+				}
+			case "set":
+				err = c.Set(ctx, key, []byte("w"))
+			}
+			took := time.Since(start)
+			if tc.wantErr == nil && err != nil || tc.wantErr != nil && !errors.Is(err, tc.wantErr) {
+				t.Fatalf("err = %v, want %v", err, tc.wantErr)
+			}
+			switch got := fc.nodes[leader].received.Load(); {
+			case tc.wantLeaderReqs > 0 && got != tc.wantLeaderReqs:
+				t.Errorf("the leader received %d requests, want %d", got, tc.wantLeaderReqs)
+			case got == 0:
+				t.Errorf("no request reached the hung leader: the test tested nothing")
+			}
+			if took < tc.minTime || tc.maxTime > 0 && took > tc.maxTime {
+				t.Errorf("took %v, want between %v and %v", took, tc.minTime, tc.maxTime)
 			}
 		})
 	}

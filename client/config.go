@@ -34,6 +34,21 @@ type Config struct {
 	// Default: 5s.
 	RequestTimeout time.Duration
 
+	// ReadAttemptTimeout bounds how long a read waits for one node's
+	// answer before it is tried again. A node can be alive to TCP but not
+	// answering: paused (SIGSTOP, a VM migration), stuck on its disk, or a
+	// leader that has been replaced and does not know it yet. Without this
+	// bound a read would wait on it until the whole RequestTimeout. After
+	// it, the topology is refreshed and the read retried (a stale read on
+	// another replica). Writes are not bounded per attempt: a write that
+	// was sent may still apply, so it cannot be sent again, and waiting is
+	// the only way to a definite answer. Negative: no bound per attempt.
+	//
+	// Default: 1s (about two election timeouts: long enough that a healthy
+	// but busy node is not abandoned, short enough to outlast a leader
+	// change).
+	ReadAttemptTimeout time.Duration
+
 	// RefreshInterval is how often the topology is refreshed when nothing
 	// else triggers a refresh. Negative: never periodically.
 	//
@@ -88,6 +103,7 @@ type Config struct {
 const (
 	DefaultDialTimeout     = time.Second
 	DefaultRequestTimeout  = 5 * time.Second
+	DefaultReadAttempt     = time.Second
 	DefaultRefreshInterval = 5 * time.Second
 	DefaultConnsPerNode    = 2
 	DefaultMaxRetries      = 40
@@ -100,6 +116,9 @@ func (c *Config) EnsureDefaults() {
 	}
 	if c.RequestTimeout == 0 {
 		c.RequestTimeout = DefaultRequestTimeout
+	}
+	if c.ReadAttemptTimeout == 0 {
+		c.ReadAttemptTimeout = DefaultReadAttempt
 	}
 	if c.RefreshInterval == 0 {
 		c.RefreshInterval = DefaultRefreshInterval

@@ -234,7 +234,9 @@ func (cn *conn) do(ctx context.Context, op wire.Op, req, resp any) error {
 			cl.state = callAbandoned
 		}
 		cn.mu.Unlock()
-		return &sendError{addr: cn.addr, err: ctx.Err(), sent: sent}
+		// The cause tells a read's attempt timeout from the caller's own
+		// deadline or cancellation.
+		return &sendError{addr: cn.addr, err: context.Cause(ctx), sent: sent}
 	}
 	cn.mu.Unlock()
 	// The reader (or a failure) took it from pending first and is

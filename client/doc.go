@@ -27,7 +27,10 @@
 // Config.MaxRetries times:
 //
 //   - Reads (Get, MGet) are retried after NotLeader, Unavailable, Stopping
-//     and connection failures: they change nothing.
+//     and connection failures: they change nothing. A node that does not
+//     answer a read within Config.ReadAttemptTimeout (paused, stuck on its
+//     disk, a deposed leader) is given up on and the read retried, so one
+//     such node cannot hold reads for the whole deadline.
 //   - Writes (Set, Put, Delete, MSet, CompareAndSet) are retried only when
 //     they certainly were not applied: NotLeader, Stopping, or a request
 //     that never left the client. After an ambiguous failure (Unavailable,

@@ -1,6 +1,7 @@
 package client
 
 import (
+	"context"
 	"errors"
 	"fmt"
 
@@ -120,3 +121,9 @@ func (e *badResponseError) Error() string {
 }
 
 func (e *badResponseError) Unwrap() error { return e.err }
+
+// errAttemptTimeout ends a read attempt that got no answer within
+// Config.ReadAttemptTimeout; the read is retried. It wraps
+// context.DeadlineExceeded: if the retries run out too, the caller sees a
+// deadline error either way.
+var errAttemptTimeout = fmt.Errorf("%w: no answer within the read attempt timeout", context.DeadlineExceeded)

@@ -207,6 +207,13 @@ func (c *Client) sendGroup(ctx context.Context, r *request, g group) error {
 		return err
 	}
 	req, resp := r.build(g.idx)
+	if r.kind == opRead && c.cfg.ReadAttemptTimeout > 0 {
+		// The attempt's own deadline: when only it passes, classify sees
+		// the request's context still live and retries (see Config).
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeoutCause(ctx, c.cfg.ReadAttemptTimeout, errAttemptTimeout)
+		defer cancel()
+	}
 	if err := cn.do(ctx, r.op, req, resp); err != nil {
 		return err
 	}
