@@ -10,7 +10,6 @@ package history
 
 import (
 	"fmt"
-	"os"
 	"sync"
 	"time"
 
@@ -113,29 +112,51 @@ func (r *Recorder) Counts() (definite, unknown int) {
 	return definite, unknown
 }
 
-// Check checks the history. On a violation (or a checker timeout) it writes
-// porcupine's HTML visualization to the path vizPath returns and says so in
-// the error. vizPath is called only then, so that a passing check creates
-// no artifact directory (t.ArtifactDir creates one on every call); nil
-// means no visualization.
+// Check checks the history. On a violation it writes porcupine's HTML
+// visualization of the keys that are not linearizable to the path vizPath
+// returns, and says so in the error. vizPath is called only then, so that a
+// passing check creates no artifact directory (t.ArtifactDir creates one
+// on every call); nil means no visualization.
+//
+// The check itself runs without porcupine's verbose bookkeeping, whose
+// memory grows with the history: a five-minute run records over a million
+// operations, and a verbose check of it (let alone its visualization)
+// took more than 20 GB. Only the keys found illegal are checked again,
+// verbosely, for the picture, and only up to maxVizOps operations. A
+// checker timeout is inconclusive and draws nothing.
 func (r *Recorder) Check(timeout time.Duration, vizPath func() string) (porcupine.CheckResult, error) {
 	r.mu.Lock()
 	ops := append([]porcupine.Operation(nil), r.ops...)
 	r.mu.Unlock()
 	model := Model()
-	res, info := porcupine.CheckOperationsVerbose(model, ops, timeout)
-	if res == porcupine.Ok {
+	res := porcupine.CheckOperationsTimeout(model, ops, timeout)
+	switch {
+	case res == porcupine.Ok:
 		return res, nil
+	case res == porcupine.Unknown:
+		return res, fmt.Errorf("history of %d operations: the checker gave up after %v (inconclusive; check shorter histories)", len(ops), timeout)
+	case vizPath == nil:
+		return res, fmt.Errorf("history of %d operations is not linearizable", len(ops))
 	}
-	if vizPath == nil {
-		return res, fmt.Errorf("history of %d operations is %v", len(ops), res)
+	var illegal []porcupine.Operation
+	var keys []string
+	for _, part := range model.Partition(ops) {
+		if porcupine.CheckOperationsTimeout(model, part, timeout) == porcupine.Illegal {
+			illegal = append(illegal, part...)
+			keys = append(keys, part[0].Input.(Input).Key)
+		}
 	}
+	if len(illegal) == 0 || len(illegal) > maxVizOps {
+		return res, fmt.Errorf("history of %d operations is not linearizable (keys %q: %d operations, too many to draw)", len(ops), keys, len(illegal))
+	}
+	_, info := porcupine.CheckOperationsVerbose(model, illegal, timeout)
 	path := vizPath()
 	if err := porcupine.VisualizePath(model, info, path); err != nil {
-		return res, fmt.Errorf("history of %d operations is %v; writing the visualization: %v", len(ops), res, err)
+		return res, fmt.Errorf("history of %d operations is not linearizable (keys %q); writing the visualization: %v", len(ops), keys, err)
 	}
-	if st, err := os.Stat(path); err == nil {
-		return res, fmt.Errorf("history of %d operations is %v; visualization (%d bytes) in %s", len(ops), res, st.Size(), path)
-	}
-	return res, fmt.Errorf("history of %d operations is %v; visualization in %s", len(ops), res, path)
+	return res, fmt.Errorf("history of %d operations is not linearizable (keys %q); visualization of their %d operations in %s", len(ops), keys, len(illegal), path)
 }
+
+// maxVizOps bounds the operations Check draws: porcupine's visualization
+// holds every partial linearization in memory.
+const maxVizOps = 200_000
