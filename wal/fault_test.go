@@ -106,6 +106,10 @@ func TestDiskFaults(t *testing.T) {
 				"Term":    func() error { _, err := st.Term(1); return err }(),
 				"Last":    func() error { _, err := st.LastIndex(); return err }(),
 				"Initial": func() error { _, _, err := st.InitialState(); return err }(),
+				"First":   func() error { _, err := st.FirstIndex(); return err }(),
+				"Snap":    func() error { _, err := st.Snapshot(); return err }(),
+				"Delete":  w.DeleteGroup(2),
+				"AppendU": w.AppendUnsynced([]Update{{Group: 1, HardState: newHardState(9, 9, 0)}}),
 				"Close":   w.Close(),
 			}
 			for name, err := range checks {
