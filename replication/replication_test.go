@@ -403,7 +403,8 @@ func TestMembership(t *testing.T) {
 	if err := ld.h().PromoteVoter(ctx, g, 4); err != nil {
 		t.Fatal(err)
 	}
-	// A second change while one is in flight is refused, not lost.
+	// (A second change while one is in flight is refused, not lost:
+	// TestConfChangeInFlight.)
 	victim := uint64(1)
 	if ld.id == victim {
 		victim = 2
