@@ -84,17 +84,27 @@ type moveStatus struct {
 	Learners  []string `json:"learners,omitempty"`
 }
 
-// handleRebalance reports replica movement: what is moving, the snapshot
-// bytes sent so far by every node, and an estimate of the time left from
-// the recent rate of completed moves.
-func (n *Node) handleRebalance(w http.ResponseWriter, r *http.Request) {
-	m, err := n.meta.load()
-	if err != nil {
-		writeError(w, http.StatusServiceUnavailable, err.Error())
-		return
-	}
+// rebalanceStatus is replica movement as this node's view sees it. GET
+// /rebalance returns it, and GET /cluster embeds it as "rebalance", so that
+// one look at the cluster shows whether it is still settling.
+type rebalanceStatus struct {
+	Rebalancing      bool         `json:"rebalancing"`
+	PartitionsMoving int          `json:"partitions_moving"`
+	Moves            []moveStatus `json:"moves"`
+	// SnapshotBytesSent and SnapshotsSent add up every node's snapshot
+	// streams since it started: the bytes a rebalance has moved so far.
+	SnapshotBytesSent uint64 `json:"snapshot_bytes_sent"`
+	SnapshotsSent     uint64 `json:"snapshots_sent"`
+	// ETASeconds is absent until the rate of completed moves is known.
+	ETASeconds *float64 `json:"eta_seconds,omitempty"`
+}
+
+// rebalanceStatus reports what is moving, the snapshot bytes sent so far
+// by every node, and an estimate of the time left from the recent rate of
+// completed moves.
+func (n *Node) rebalanceStatus(m *metaState) rebalanceStatus {
 	moving := n.movingGroups(m)
-	var moves []moveStatus
+	st := rebalanceStatus{Moves: []moveStatus{}}
 	for _, g := range m.sortedGroups() {
 		if !moving[g] {
 			continue
@@ -111,26 +121,29 @@ func (n *Node) handleRebalance(w http.ResponseWriter, r *http.Request) {
 				ms.Learners = append(ms.Learners, m.nodeName(id))
 			}
 		}
-		moves = append(moves, ms)
+		st.Moves = append(st.Moves, ms)
 	}
-	var bytesSent, snapshots uint64
+	st.Rebalancing, st.PartitionsMoving = len(st.Moves) > 0, len(st.Moves)
 	for _, id := range m.sortedNodes() {
 		if rep, ok := n.view.report(id); ok {
-			bytesSent += rep.SnapshotBytesSent
-			snapshots += rep.SnapshotsSent
+			st.SnapshotBytesSent += rep.SnapshotBytesSent
+			st.SnapshotsSent += rep.SnapshotsSent
 		}
 	}
-	resp := map[string]any{
-		"rebalancing":         len(moves) > 0,
-		"partitions_moving":   len(moves),
-		"moves":               moves,
-		"snapshot_bytes_sent": bytesSent,
-		"snapshots_sent":      snapshots,
+	if eta, ok := n.rebalanceETA(len(st.Moves)); ok {
+		secs := eta.Seconds()
+		st.ETASeconds = &secs
 	}
-	if eta, ok := n.rebalanceETA(len(moves)); ok {
-		resp["eta_seconds"] = eta.Seconds()
+	return st
+}
+
+func (n *Node) handleRebalance(w http.ResponseWriter, r *http.Request) {
+	m, err := n.meta.load()
+	if err != nil {
+		writeError(w, http.StatusServiceUnavailable, err.Error())
+		return
 	}
-	writeJSON(w, http.StatusOK, resp)
+	writeJSON(w, http.StatusOK, n.rebalanceStatus(m))
 }
 
 // rebalanceETA estimates the time left from how fast the number of moving
@@ -176,13 +189,6 @@ func (n *Node) handleRemove(w http.ResponseWriter, r *http.Request) {
 	_, err := n.updateMeta(ctx, func(m *metaState) error {
 		ni := m.nodeByName(name)
 		if ni == nil {
-			for _, id := range m.sortedNodes() {
-				if m.Nodes[id].Name == name {
-					ni = m.Nodes[id]
-				}
-			}
-		}
-		if ni == nil {
 			return &joinError{status: http.StatusNotFound, msg: fmt.Sprintf("no node %q in the cluster", name)}
 		}
 		if ni.State == nodeRemoved {
@@ -216,6 +222,7 @@ func (n *Node) handleRemove(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if prev != "" {
+		n.placedByRemove.Store(true)
 		n.events.emit(Event{Type: EventNodeLeave, Node: name, Reason: "removed",
 			Message: fmt.Sprintf("removed by an operator (was %s); its replicas move to the other nodes", prev)})
 	}

@@ -27,6 +27,11 @@ const (
 	// EventHealthChange: this node's readiness changed (Message says to
 	// what and why).
 	EventHealthChange EventType = "health_change"
+	// EventClusterHealthChange: the meta leader judged the whole cluster
+	// healthy or degraded (Health), and Message says why: a node
+	// unreachable, partitions with a replica on a node that does not
+	// answer, or partitions without a leader.
+	EventClusterHealthChange EventType = "cluster_health_change"
 )
 
 // Event is something that happened to the cluster, as seen by this node.
@@ -41,7 +46,9 @@ type Event struct {
 	To        string    `json:"to,omitempty"`
 	Reason    string    `json:"reason,omitempty"`
 	Offline   string    `json:"offline,omitempty"`
-	Message   string    `json:"message,omitempty"`
+	// Health is "healthy" or "degraded" (cluster_health_change).
+	Health  string `json:"health,omitempty"`
+	Message string `json:"message,omitempty"`
 	// Seq numbers the events of this node, from 1.
 	Seq uint64 `json:"seq"`
 }
@@ -99,7 +106,7 @@ func (b *eventBus) emit(e Event) {
 	b.mu.Unlock()
 
 	b.logger.Info("event", "type", string(e.Type), "node_name", e.Node, "partition", e.Partition,
-		"from", e.From, "to", e.To, "reason", e.Reason, "offline", e.Offline, "message", e.Message)
+		"from", e.From, "to", e.To, "reason", e.Reason, "offline", e.Offline, "health", e.Health, "message", e.Message)
 	for _, h := range handlers {
 		go b.call(h, e)
 	}

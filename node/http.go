@@ -355,6 +355,10 @@ type ckPartition struct {
 	ID           string   `json:"id"`
 	PrimaryNode  string   `json:"primary_node"`
 	ReplicaNodes []string `json:"replica_nodes"`
+	// LearnerNodes are replicas being added and still catching up (not
+	// voting yet): where a rebalance is moving this partition to. Not in
+	// ClusterKit's shape, so absent when empty.
+	LearnerNodes []string `json:"learner_nodes,omitempty"`
 }
 
 func (n *Node) handleCluster(w http.ResponseWriter, r *http.Request) {
@@ -385,6 +389,10 @@ func (n *Node) handleCluster(w http.ResponseWriter, r *http.Request) {
 		if gr, ok := n.view.leaderOf(g); ok {
 			cp.PrimaryNode = m.nodeName(gr.Leader)
 			members = gr.Voters
+			for _, id := range gr.Learners {
+				cp.LearnerNodes = append(cp.LearnerNodes, m.nodeName(id))
+			}
+			slices.Sort(cp.LearnerNodes)
 			if id, err := n.host.Leader(g); err == nil && id != 0 && id != gr.Leader {
 				// This node holds a replica and knows better (fresher).
 				cp.PrimaryNode = m.nodeName(id)
@@ -416,6 +424,9 @@ func (n *Node) handleCluster(w http.ResponseWriter, r *http.Request) {
 			},
 		},
 		"hash_config": map[string]any{"algorithm": "md5", "modulo": m.Partitions, "format": "partition-%d"},
+		// Rebalance progress, the same as GET /rebalance, next to the
+		// layout it is changing.
+		"rebalance": n.rebalanceStatus(m),
 	})
 }
 
@@ -424,10 +435,7 @@ func (n *Node) nodeStatus(ni *nodeInfo) string {
 	if ni.State != nodeActive {
 		return ni.State
 	}
-	if ni.ID == n.id {
-		return "alive"
-	}
-	if last, ok := n.view.alive(ni.ID); ok && time.Since(last) < 3*viewPollInterval+time.Second {
+	if n.answering(ni.ID) {
 		return "alive"
 	}
 	return "unreachable"

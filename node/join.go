@@ -26,6 +26,11 @@ type joinRequest struct {
 	ID       uint64 `json:"raft_id,omitempty"`
 	HTTPAddr string `json:"http_addr"`
 	KVAddr   string `json:"kv_addr"`
+	// StartedAt names the joining process (its nodeReport says the same),
+	// so that the meta leader can tell its view's last sight of the
+	// previous process from the new one's, and say how long the node was
+	// offline.
+	StartedAt time.Time `json:"started_at,omitzero"`
 }
 
 type peerInfo struct {
@@ -60,7 +65,7 @@ func (e *joinError) Error() string { return e.msg }
 // join asks the cluster at addr to admit this node, retrying while the
 // cluster is unreachable or busy.
 func (n *Node) join(ctx context.Context, addr string) (*joinResponse, error) {
-	req := joinRequest{Name: n.cfg.NodeID, HTTPAddr: n.cfg.httpAdvertise(), KVAddr: n.cfg.kvAdvertise()}
+	req := joinRequest{Name: n.cfg.NodeID, HTTPAddr: n.cfg.httpAdvertise(), KVAddr: n.cfg.kvAdvertise(), StartedAt: n.startedAt}
 	backoff := 100 * time.Millisecond
 	for attempt := 1; ; attempt++ {
 		resp, err := postJoin(ctx, n.fwd, addr, req)
@@ -155,14 +160,15 @@ func (n *Node) admit(ctx context.Context, req joinRequest) (*joinResponse, error
 			return &joinError{status: http.StatusForbidden, msg: fmt.Sprintf(
 				"node %q (raft id %d) was removed from the cluster; start it with an empty data dir to join as a new node", req.Name, id)}
 		}
-		if ni.State == nodeDead {
-			event = &Event{Type: EventNodeRejoin, Node: req.Name, Offline: now.Sub(ni.Since).Round(time.Second).String(),
-				Message: "came back after being declared dead"}
+		// Every rejoin of a known member is an event, a quick restart as
+		// much as a return from the dead: operators want to see restarts.
+		e := n.rejoinEvent(ni, req, now)
+		event = &e
+		switch {
+		case ni.State == nodeDead:
 			ni.State, ni.Since = nodeActive, now
-		} else if ni.HTTPAddr == req.HTTPAddr && ni.KVAddr == req.KVAddr {
+		case ni.HTTPAddr == req.HTTPAddr && ni.KVAddr == req.KVAddr:
 			return errNoChange
-		} else {
-			event = &Event{Type: EventNodeRejoin, Node: req.Name, Message: "restarted with new addresses"}
 		}
 		ni.HTTPAddr, ni.KVAddr = req.HTTPAddr, req.KVAddr
 		return nil
@@ -170,7 +176,7 @@ func (n *Node) admit(ctx context.Context, req joinRequest) (*joinResponse, error
 	if err != nil {
 		return nil, err
 	}
-	if event != nil {
+	if event != nil && (event.Type != EventNodeRejoin || n.view.firstRejoin(id, req.StartedAt)) {
 		n.events.emit(*event)
 	}
 	resp := &joinResponse{ID: id, ClusterID: m.ClusterID, ClusterName: m.ClusterName,
@@ -182,12 +188,41 @@ func (n *Node) admit(ctx context.Context, req joinRequest) (*joinResponse, error
 	return resp, nil
 }
 
+// rejoinEvent describes a known member's return. It was offline from the
+// last time this node's view heard from its previous process until now;
+// a node declared dead that the view never heard from (this node became
+// meta leader since) was offline at least since it was declared dead plus
+// the dead-node timeout.
+func (n *Node) rejoinEvent(ni *nodeInfo, req joinRequest, now time.Time) Event {
+	e := Event{Type: EventNodeRejoin, Node: req.Name}
+	var what string
+	switch {
+	case ni.State == nodeDead:
+		what = "came back after being declared dead"
+	case ni.HTTPAddr != req.HTTPAddr || ni.KVAddr != req.KVAddr:
+		what = "restarted with new addresses"
+	default:
+		what = "restarted"
+	}
+	if last, ok := n.view.lastSeenBefore(ni.ID, req.StartedAt); ok {
+		e.Offline = now.Sub(last).Round(time.Millisecond).String()
+		e.Message = fmt.Sprintf("%s; last heard from %s before", what, e.Offline)
+	} else if ni.State == nodeDead {
+		e.Offline = (now.Sub(ni.Since) + n.cfg.DeadNodeTimeout).Round(time.Millisecond).String()
+		e.Message = fmt.Sprintf("%s; offline at least %s", what, e.Offline)
+	} else {
+		e.Message = what + "; offline time unknown (this node never heard from its previous process)"
+	}
+	return e
+}
+
 // rejoin tells the cluster this restarted node's current addresses. It
 // retries until a member answers; a refusal (the node was removed while it
 // was down) stops the node.
 func (n *Node) rejoin() {
 	defer n.wg.Done()
-	req := joinRequest{Name: n.cfg.NodeID, ID: n.id, HTTPAddr: n.cfg.httpAdvertise(), KVAddr: n.cfg.kvAdvertise()}
+	req := joinRequest{Name: n.cfg.NodeID, ID: n.id, HTTPAddr: n.cfg.httpAdvertise(), KVAddr: n.cfg.kvAdvertise(),
+		StartedAt: n.startedAt}
 	backoff := 200 * time.Millisecond
 	for attempt := 1; n.ctx.Err() == nil; attempt++ {
 		for _, addr := range n.joinTargets() {

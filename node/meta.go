@@ -94,14 +94,23 @@ func (m *metaState) clone() *metaState {
 	return &c
 }
 
-// nodeByName finds a node by its NODE_ID.
+// nodeByName finds a node by its NODE_ID. A name can appear more than
+// once: a removed node that joined again fresh got a new raft id, and its
+// old entry stays (removed) so the old data dir is still refused. The
+// entry that is not removed wins, then the newest, so that map order never
+// decides which one an operator's request acts on.
 func (m *metaState) nodeByName(name string) *nodeInfo {
-	for _, n := range m.Nodes {
-		if n.Name == name {
-			return n
+	var found *nodeInfo
+	for _, id := range m.sortedNodes() {
+		n := m.Nodes[id]
+		if n.Name != name {
+			continue
+		}
+		if found == nil || found.State == nodeRemoved || n.State != nodeRemoved {
+			found = n
 		}
 	}
-	return nil
+	return found
 }
 
 // activeNodes lists the active nodes' ids, in order.

@@ -39,6 +39,9 @@ type Node struct {
 	// viewSince is when this node started polling the others: a node it
 	// never heard from counts as unreachable since then.
 	viewSince time.Time
+	// startedAt is when this process opened the node: it tells the
+	// cluster's view one process of the node from the next (restarts).
+	startedAt time.Time
 
 	id        uint64        // raft id, fixed once joined
 	clusterID atomic.Uint64 // read by the transport on every handshake
@@ -63,6 +66,9 @@ type Node struct {
 	// rebalancing is set by the meta leader's placement loop while groups
 	// move, to poll the others faster.
 	rebalancing atomic.Bool
+	// placedByRemove tells the placement loop that a removal changed the
+	// placement, so that it brackets the moves with rebalance events.
+	placedByRemove atomic.Bool
 	// partitions caches the cluster's partition count (fixed at creation).
 	partitions atomic.Int64
 	// failed is closed (and failErr set) when the node must stop by
@@ -116,7 +122,7 @@ func Open(ctx context.Context, cfg Config) (_ *Node, err error) {
 	if err := c.Validate(); err != nil {
 		return nil, fmt.Errorf("invalid configuration:\n%w", err)
 	}
-	n := &Node{cfg: c, logger: c.Logger.With("node", c.NodeID), seeds: map[uint64]string{}}
+	n := &Node{cfg: c, logger: c.Logger.With("node", c.NodeID), seeds: map[uint64]string{}, startedAt: time.Now().UTC()}
 	n.clients.conns = map[net.Conn]struct{}{}
 	n.failed = make(chan struct{})
 	n.ctx, n.cancel = context.WithCancel(context.Background())
@@ -242,8 +248,10 @@ func Open(ctx context.Context, cfg Config) (_ *Node, err error) {
 	go n.pollLoop()
 	go n.reconcileLoop()
 	go n.placementLoop()
-	if joined == nil {
-		// Restarted: tell the cluster our (possibly new) addresses.
+	if !fresh {
+		// Restarted: tell the cluster our (possibly new) addresses, and
+		// that we are back (node_rejoin). Not after a bootstrap or a
+		// join: the cluster state has this process's addresses already.
 		n.wg.Add(1)
 		go n.rejoin()
 	}

@@ -308,6 +308,18 @@ func TestGracefulStop(t *testing.T) {
 	if code, _, body := c.do(0, "PUT", "/kv/k", "v"); code != 200 {
 		t.Fatalf("%d %s", code, body)
 	}
+	// The others must have seen node-1 up to say, once it is back, how
+	// long it was away.
+	for _, n := range c.nodes[1:] {
+		for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+			if _, ok := n.view.alive(c.nodes[0].ID()); ok {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("%s never heard from node-1", n.cfg.NodeID)
+			}
+		}
+	}
 	c.stop(0)
 	for _, g := range c.nodes[1].host.Groups() {
 		st, err := c.nodes[1].host.Status(g)
@@ -319,6 +331,15 @@ func TestGracefulStop(t *testing.T) {
 	c.waitReady(30 * time.Second)
 	if code, _, body := c.do(0, "GET", "/kv/k", ""); code != 200 || body != "v" {
 		t.Fatalf("after restart: %d %s", code, body)
+	}
+	// A restart well under the dead-node timeout is still announced, with
+	// how long the node was away.
+	rejoin := c.waitEvent("node_rejoin", 10*time.Second, func(e Event) bool {
+		return e.Type == EventNodeRejoin && e.Node == "node-1"
+	})
+	if d, err := time.ParseDuration(rejoin.Offline); err != nil || d <= 0 || d > 30*time.Second ||
+		!strings.Contains(rejoin.Message, "restarted") {
+		t.Fatalf("node_rejoin after a quick restart: %+v", rejoin)
 	}
 }
 

@@ -306,8 +306,10 @@ func (n *Node) placementLoop() {
 		}
 		// A rebalance starts when placement first changes something and
 		// completes when it has nothing left to change and nothing moves:
-		// one start and one complete around all its moves.
-		changed := next.version != m.version
+		// one start and one complete around all its moves. A removal
+		// places replicas itself (handleRemove): its moves are a
+		// rebalance too.
+		changed := next.version != m.version || n.placedByRemove.Swap(false)
 		switch {
 		case changed && !rebalancing:
 			rebalancing = true
@@ -329,11 +331,17 @@ func (n *Node) markDeadNodes(m *metaState) []string {
 		if ni.State != nodeActive || id == n.id {
 			continue
 		}
-		last, ok := n.view.alive(id)
-		if !ok {
-			// Never heard from it since this node became meta leader:
-			// count from when we started looking.
-			last = n.viewSince
+		// Count from the last answer, from when this node started
+		// looking (it never heard from it), or from when the node became
+		// active (it just joined, or came back from the dead), whichever
+		// is latest: a node that joins a cluster whose meta leader has
+		// been up longer than the timeout is not dead before its first
+		// poll.
+		last, _ := n.view.alive(id)
+		for _, t := range []time.Time{n.viewSince, ni.Since} {
+			if t.After(last) {
+				last = t
+			}
 		}
 		if now.Sub(last) > n.cfg.DeadNodeTimeout {
 			ni.State, ni.Since = nodeDead, now.UTC()

@@ -37,11 +37,14 @@ type nodeReport struct {
 	// streams since it started (rebalance progress).
 	SnapshotsSent     uint64 `json:"snapshots_sent"`
 	SnapshotBytesSent uint64 `json:"snapshot_bytes_sent"`
+	// StartedAt names the node's process: a different value means it
+	// restarted (see view.lastSeenBefore).
+	StartedAt time.Time `json:"started_at,omitzero"`
 }
 
 // localReport builds this node's report.
 func (n *Node) localReport(ctx context.Context) nodeReport {
-	r := nodeReport{Node: n.id}
+	r := nodeReport{Node: n.id, StartedAt: n.startedAt}
 	groups := n.host.Groups()
 	r.Replicas = len(groups)
 	r.Ready = n.readiness() == nil
@@ -68,6 +71,17 @@ type view struct {
 	movingHistory []movingSample
 	// ready is this node's readiness at the last poll.
 	ready, readyKnown bool
+	// incarnation is the StartedAt of each node's last report, and
+	// prevLastOK when the view last heard from the process before it: how
+	// long a restarted node was away, even when the view saw its new
+	// process before its rejoin request arrived.
+	incarnation map[uint64]time.Time
+	prevLastOK  map[uint64]time.Time
+	// rejoined is the StartedAt of each node's last announced rejoin, so
+	// that a rejoin retried (its answer was lost) is announced once.
+	rejoined map[uint64]time.Time
+	// health is the meta leader's judgement of the cluster (health.go).
+	health healthState
 }
 
 type movingSample struct {
@@ -76,7 +90,64 @@ type movingSample struct {
 }
 
 func newView() *view {
-	return &view{reports: map[uint64]nodeReport{}, lastOK: map[uint64]time.Time{}, lastErr: map[uint64]string{}}
+	return &view{reports: map[uint64]nodeReport{}, lastOK: map[uint64]time.Time{}, lastErr: map[uint64]string{},
+		incarnation: map[uint64]time.Time{}, prevLastOK: map[uint64]time.Time{}, rejoined: map[uint64]time.Time{}}
+}
+
+// noteReport records a node's answer to a poll. v.mu must be held.
+func (v *view) noteReport(id uint64, r nodeReport, at time.Time) {
+	if inc, ok := v.incarnation[id]; ok && !inc.Equal(r.StartedAt) {
+		if last, ok := v.lastOK[id]; ok {
+			v.prevLastOK[id] = last
+		}
+	}
+	v.incarnation[id] = r.StartedAt
+	v.reports[id], v.lastOK[id] = r, at
+	delete(v.lastErr, id)
+}
+
+// lastSeenBefore returns when the view last heard from node id's process
+// before the one started at started, if it ever did.
+func (v *view) lastSeenBefore(id uint64, started time.Time) (time.Time, bool) {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	if inc, ok := v.incarnation[id]; ok && inc.Equal(started) {
+		// The view already polled the new process.
+		t, ok := v.prevLastOK[id]
+		return t, ok
+	}
+	t, ok := v.lastOK[id]
+	return t, ok
+}
+
+// firstRejoin reports whether the rejoin of node id's process started at
+// started has not been announced yet, and marks it announced.
+func (v *view) firstRejoin(id uint64, started time.Time) bool {
+	if started.IsZero() {
+		return true
+	}
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	if prev, ok := v.rejoined[id]; ok && prev.Equal(started) {
+		return false
+	}
+	v.rejoined[id] = started
+	return true
+}
+
+// holdsReplicas reports whether some group's leader, as last reported,
+// counts node id among its members.
+func (v *view) holdsReplicas(id uint64) bool {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	for _, r := range v.reports {
+		for _, gr := range r.Leads {
+			if slices.Contains(gr.Voters, id) || slices.Contains(gr.Learners, id) {
+				return true
+			}
+		}
+	}
+	return false
 }
 
 // leaderOf returns the freshest report of group g.
@@ -149,7 +220,13 @@ func (n *Node) pollOnce() {
 	var wg sync.WaitGroup
 	for _, id := range m.sortedNodes() {
 		ni := m.Nodes[id]
-		if ni.State == nodeRemoved {
+		if ni.State == nodeRemoved && !n.view.holdsReplicas(id) {
+			// A removed node is still polled while it holds replicas (it
+			// is being drained, or was forgotten dead): the groups it
+			// leads, and whether its replicas are reachable, still count.
+			n.view.mu.Lock()
+			delete(n.view.reports, id)
+			n.view.mu.Unlock()
 			continue
 		}
 		if id == n.id {
@@ -157,7 +234,7 @@ func (n *Node) pollOnce() {
 			r := n.localReport(ctx)
 			cancel()
 			n.view.mu.Lock()
-			n.view.reports[id], n.view.lastOK[id] = r, now
+			n.view.noteReport(id, r, now)
 			n.view.mu.Unlock()
 			continue
 		}
@@ -178,8 +255,7 @@ func (n *Node) pollOnce() {
 				delete(n.view.reports, id)
 				return
 			}
-			n.view.reports[id], n.view.lastOK[id] = r, time.Now()
-			delete(n.view.lastErr, id)
+			n.view.noteReport(id, r, time.Now())
 		}()
 	}
 	wg.Wait()
@@ -194,6 +270,7 @@ func (n *Node) pollOnce() {
 	}
 	n.view.movingHistory = h
 	n.view.mu.Unlock()
+	n.noteClusterHealth(m, time.Now())
 }
 
 func (n *Node) fetchReport(addr string) (nodeReport, error) {
