@@ -47,12 +47,62 @@ func (n *Node) routes() http.Handler {
 	mux.HandleFunc("GET /kv/get", n.handleCKGet)
 	mux.HandleFunc("DELETE /kv/delete", n.handleCKDelete)
 	mux.HandleFunc("POST /kv/delete", n.handleCKDelete)
+	// Without this, GET /kv/delete?key=k would read a key named "delete"
+	// (404) and look like a delete that found nothing. A delete must not be
+	// a GET (crawlers and prefetchers replay GETs), so say how to do it.
+	mux.HandleFunc("GET /kv/delete", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Allow", "DELETE, POST")
+		writeError(w, http.StatusMethodNotAllowed, "delete with DELETE or POST /kv/delete?key=..., not GET (to read a key named \"delete\", use GET /kv/get?key=delete)")
+	})
 	mux.HandleFunc("GET /kv/stats", n.handleStats)
 
 	mux.HandleFunc("GET /kv/{key...}", n.handleGet)
 	mux.HandleFunc("PUT /kv/{key...}", n.handlePut)
 	mux.HandleFunc("DELETE /kv/{key...}", n.handleDelete)
-	return n.metrics.instrument(mux)
+	return n.metrics.instrument(jsonMuxErrors(mux))
+}
+
+// jsonMuxErrors makes the mux's own 404 (no such path) and 405 (a path
+// served, but not with this method) JSON {"error"} like every other error
+// of the API, instead of Go's plain text.
+func jsonMuxErrors(mux *http.ServeMux) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if _, pattern := mux.Handler(r); pattern != "" {
+			mux.ServeHTTP(w, r)
+			return
+		}
+		mux.ServeHTTP(&muxErrorWriter{ResponseWriter: w, r: r}, r)
+	})
+}
+
+// muxErrorWriter replaces the body of a 404 or 405 written by the mux.
+type muxErrorWriter struct {
+	http.ResponseWriter
+	r        *http.Request
+	replaced bool
+}
+
+func (w *muxErrorWriter) WriteHeader(code int) {
+	var msg string
+	switch code {
+	case http.StatusNotFound:
+		msg = fmt.Sprintf("no such endpoint: %s %s", w.r.Method, w.r.URL.Path)
+	case http.StatusMethodNotAllowed:
+		msg = fmt.Sprintf("method %s not allowed on %s (allowed: %s)", w.r.Method, w.r.URL.Path, w.Header().Get("Allow"))
+	default: // a redirect to the canonical path, say: as the mux wrote it
+		w.ResponseWriter.WriteHeader(code)
+		return
+	}
+	w.replaced = true
+	w.Header().Del("X-Content-Type-Options")
+	writeError(w.ResponseWriter, code, msg)
+}
+
+func (w *muxErrorWriter) Write(b []byte) (int, error) {
+	if w.replaced {
+		return len(b), nil // the mux's plain-text body, already replaced
+	}
+	return w.ResponseWriter.Write(b)
 }
 
 func writeJSON(w http.ResponseWriter, status int, v any) {

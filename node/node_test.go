@@ -137,6 +137,14 @@ func TestHTTPAPI(t *testing.T) {
 		{2, "POST", "/join", `not json`, 400, "join body", [2]string{}},
 		{0, "GET", "/health", "", 200, `"status":"ok"`, [2]string{}},
 		{0, "GET", "/ready", "", 200, `"ready":true`, [2]string{}},
+		// The router's own errors are JSON too, and say what to do.
+		{0, "GET", "/nope", "", 404, "no such endpoint: GET /nope", [2]string{}},
+		{0, "PATCH", "/kv/x", "v", 405, "method PATCH not allowed on /kv/x", [2]string{"Allow", "DELETE"}},
+		{0, "GET", "/remove", "", 405, "allowed: POST", [2]string{"Allow", "POST"}},
+		{1, "PUT", "/kv/delete-me", "v", 200, `"version":`, [2]string{}},
+		{1, "GET", "/kv/delete?key=delete-me", "", 405, "DELETE or POST /kv/delete", [2]string{"Allow", "DELETE, POST"}},
+		{1, "GET", "/kv/delete-me", "", 200, "v", [2]string{}},
+		{1, "POST", "/kv/delete?key=delete-me", "", 200, `"deleted":true`, [2]string{}},
 	}
 	for i, s := range steps {
 		code, hdr, body := c.do(s.node, s.method, s.path, s.body)
@@ -146,8 +154,11 @@ func TestHTTPAPI(t *testing.T) {
 		if code == 200 && s.method == "GET" && strings.HasPrefix(s.path, "/kv/user") && hdr.Get("X-Kvnode-Version") == "" {
 			t.Fatalf("step %d: no version header", i)
 		}
-		if code >= 400 && !strings.Contains(body, `"error"`) {
-			t.Fatalf("step %d: error body is not JSON {\"error\"}: %s", i, body)
+		if code >= 400 && (!strings.Contains(body, `"error"`) || hdr.Get("Content-Type") != "application/json") {
+			t.Fatalf("step %d: error body is not JSON {\"error\"}: %s %s", i, hdr.Get("Content-Type"), body)
+		}
+		if k := s.wantHeader[0]; k != "" && !strings.Contains(hdr.Get(k), s.wantHeader[1]) {
+			t.Fatalf("step %d: header %s = %q, want it to contain %q", i, k, hdr.Get(k), s.wantHeader[1])
 		}
 	}
 	// The metrics endpoint counts what happened.
