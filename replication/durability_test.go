@@ -84,30 +84,48 @@ func newGatedCluster(t *testing.T, n, ngroups int, cfg func(*Config)) (*testClus
 	return c, gates
 }
 
-func walLastIndex(t *testing.T, nd *testNode, group uint64) uint64 {
+// walIndexes returns the first and last index of the group's log on nd.
+func walIndexes(t *testing.T, nd *testNode, group uint64) (first, last uint64) {
 	t.Helper()
 	st, err := nd.wal.Storage(group)
 	if err != nil {
 		t.Fatal(err)
 	}
-	last, err := st.LastIndex()
+	if first, err = st.FirstIndex(); err == nil {
+		last, err = st.LastIndex()
+	}
 	if err != nil {
 		t.Fatal(err)
 	}
+	return first, last
+}
+
+func walLastIndex(t *testing.T, nd *testNode, group uint64) uint64 {
+	t.Helper()
+	_, last := walIndexes(t, nd, group)
 	return last
 }
 
 func walFirstIndex(t *testing.T, nd *testNode, group uint64) uint64 {
 	t.Helper()
-	st, err := nd.wal.Storage(group)
-	if err != nil {
-		t.Fatal(err)
-	}
-	first, err := st.FirstIndex()
-	if err != nil {
-		t.Fatal(err)
-	}
+	first, _ := walIndexes(t, nd, group)
 	return first
+}
+
+// warmGatedCluster starts a gated cluster of one group with slow elections
+// (nothing in the test may change leaders), writes once and waits until
+// every node applied it: what each WAL holds from then on comes from the
+// test. It returns the group's leader too.
+func warmGatedCluster(t *testing.T, ctx context.Context) (c *testCluster, gates map[uint64]*syncGate, g uint64, ld *testNode) {
+	t.Helper()
+	g = 1
+	c, gates = newGatedCluster(t, 3, 1, func(cfg *Config) { cfg.ElectionTicks = 50 })
+	ver, err := c.put(ctx, g, "warm", "up")
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.waitApplied(g, ver, 10*time.Second)
+	return c, gates, g, c.leader(g, 5*time.Second)
 }
 
 // walHasPut reports whether the node's WAL holds, at index, the put of key.
@@ -147,21 +165,9 @@ func putOp(key, value string) []engine.Op {
 // completes: with the leader's fsync held back, the followers still
 // receive and store the entry.
 func TestAppendOrdering(t *testing.T) {
-	const g = 1
-	c, gates := newGatedCluster(t, 3, 1, func(cfg *Config) {
-		// Slow elections: nothing below may change leaders.
-		cfg.ElectionTicks = 50
-	})
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	ver, err := c.put(ctx, g, "warm", "up")
-	if err != nil {
-		t.Fatal(err)
-	}
-	// Every node has the write on disk (applied implies stored): what
-	// each WAL holds from here on comes from the subtests.
-	c.waitApplied(g, ver, 10*time.Second)
-	ld := c.leader(g, 5*time.Second)
+	c, gates, g, ld := warmGatedCluster(t, ctx)
 	fs := c.others(ld.id)
 
 	t.Run("follower acknowledges after its fsync", func(t *testing.T) {

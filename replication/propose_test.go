@@ -219,16 +219,9 @@ func TestProposalsBatched(t *testing.T) {
 // refused with ErrProposalDropped (not silently lost), and the first still
 // applies. The leader's fsync is held back to keep the first in flight.
 func TestConfChangeInFlight(t *testing.T) {
-	const g = 1
-	c, gates := newGatedCluster(t, 3, 1, func(cfg *Config) { cfg.ElectionTicks = 50 })
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	ver, err := c.put(ctx, g, "warm", "up")
-	if err != nil {
-		t.Fatal(err)
-	}
-	c.waitApplied(g, ver, 10*time.Second)
-	ld := c.leader(g, 5*time.Second)
+	c, gates, g, ld := warmGatedCluster(t, ctx)
 	f := c.others(ld.id)[0]
 	before := walLastIndex(t, f, g)
 
@@ -253,7 +246,7 @@ func TestConfChangeInFlight(t *testing.T) {
 
 	sctx, scancel := context.WithTimeout(ctx, 5*time.Second)
 	defer scancel()
-	err = ld.h().AddLearner(sctx, g, 5)
+	err := ld.h().AddLearner(sctx, g, 5)
 	if !errors.Is(err, ErrProposalDropped) {
 		t.Fatalf("second conf change while one is in flight: %v, want ErrProposalDropped", err)
 	}
