@@ -297,6 +297,8 @@ func checkAll(t *testing.T, cl *client.Client, acks map[string]string) {
 	}
 }
 
+var eventsClient = &http.Client{Timeout: 2 * time.Second}
+
 // events collects the recent events of every running node.
 func events(t *testing.T, c *localcluster.Cluster) []map[string]any {
 	t.Helper()
@@ -305,7 +307,9 @@ func events(t *testing.T, c *localcluster.Cluster) []map[string]any {
 		if !n.Running() {
 			continue
 		}
-		resp, err := http.Get("http://" + n.HTTPAddr + "/events?format=json")
+		// A paused node (SIGSTOP) accepts the connection and never
+		// answers: bound the wait.
+		resp, err := eventsClient.Get("http://" + n.HTTPAddr + "/events?format=json")
 		if err != nil {
 			continue
 		}
@@ -535,6 +539,46 @@ func TestDeadNode(t *testing.T) {
 	// The kill stalls what node-4 led until the others elect new leaders,
 	// and cuts the requests it was serving: at most one per worker.
 	requireFlowing(t, st, maxKillStall, 6)
+	checkAll(t, cl, acks)
+}
+
+// TestDeadNodeAnswersAgain pauses a node (SIGSTOP) past the dead-node
+// timeout: it is declared dead and its replicas are re-created on the
+// others. Resumed, it answers again without restarting, so it sends no
+// join request: the meta leader must bring it back itself (node_rejoin),
+// and the cluster balances over four nodes again. Left dead, it would hold
+// nothing for good. Nothing acknowledged meanwhile is lost.
+func TestDeadNodeAnswersAgain(t *testing.T) {
+	c := startCluster(t, 4, "DEAD_NODE_TIMEOUT=3s")
+	four := []string{"node-1", "node-2", "node-3", "node-4"}
+	waitBalanced(t, c.Node(0), four, 2*time.Minute)
+	cl := newClient(t, c)
+	w := startTraffic(cl, "pause", 4, 2)
+	time.Sleep(time.Second)
+	n4 := c.Node(3)
+	if err := n4.Pause(); err != nil {
+		t.Fatal(err)
+	}
+	paused := time.Now()
+	waitBalanced(t, c.Node(0), []string{"node-1", "node-2", "node-3"}, 2*time.Minute)
+	waitEvent(t, c, 10*time.Second, paused, "node_leave", map[string]string{"node": "node-4", "reason": "dead"})
+	if err := n4.Resume(); err != nil {
+		t.Fatal(err)
+	}
+	resumed := time.Now()
+	took := waitBalanced(t, c.Node(0), four, 2*time.Minute)
+	t.Logf("paused %v; after SIGCONT node-4 came back and the cluster balanced over four in %v",
+		resumed.Sub(paused).Round(time.Millisecond), took)
+	waitEvent(t, c, 10*time.Second, resumed, "node_rejoin", map[string]string{"node": "node-4", "message": "without restarting"})
+	if st := clusterNodes(t, c.Node(0))["node-4"].Status; st != "alive" {
+		t.Errorf("node-4's status is %q, want alive", st)
+	}
+	acks, st := w.stop(t)
+	// Requests node-4 held when it stopped, and those sent to it before
+	// the client learned of new leaders, wait out their 5s deadline.
+	if len(st.Wrong) > 0 {
+		t.Fatalf("%d reads of acknowledged keys returned something else, first: %s", len(st.Wrong), st.Wrong[0])
+	}
 	checkAll(t, cl, acks)
 }
 

@@ -171,7 +171,12 @@ func (n *Node) read(ctx context.Context, g uint64, key []byte, stale bool) ([]by
 		case errors.Is(err, engine.ErrNotFound):
 			n.metrics.reads.Inc()
 			return nil, 0, err
-		case errors.Is(err, replication.ErrGroupNotFound):
+		case errors.Is(err, replication.ErrGroupNotFound), errors.Is(err, replication.ErrUnknownOutcome):
+			// Not here (any more): the replica left this node, possibly while
+			// the read waited for its read index (a move away, a drain). A
+			// read has no outcome to be unknown; the client retries where
+			// the partition is now. (It was Internal, which the client
+			// rightly does not retry: TestDrain caught it.)
 			return nil, 0, &notLeaderError{Group: g, Leader: n.leaderOf(g)}
 		case errors.Is(err, replication.ErrReadDropped):
 			select {

@@ -39,6 +39,8 @@ type Node struct {
 	// viewSince is when this node started polling the others: a node it
 	// never heard from counts as unreachable since then.
 	viewSince time.Time
+	// activeSeen is owned by the placement loop (markDeadNodes).
+	activeSeen map[uint64]activeMark
 	// startedAt is when this process opened the node: it tells the
 	// cluster's view one process of the node from the next (restarts).
 	startedAt time.Time
@@ -244,6 +246,7 @@ func Open(ctx context.Context, cfg Config) (_ *Node, err error) {
 		}
 	}
 	n.viewSince = time.Now()
+	n.activeSeen = map[uint64]activeMark{}
 	n.wg.Add(3)
 	go n.pollLoop()
 	go n.reconcileLoop()

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"slices"
 	"testing"
+	"time"
 )
 
 func testMeta(nodes, partitions, rf int, replicas func(g uint64) []uint64) *metaState {
@@ -153,5 +154,65 @@ func TestPlacementOneMoveAtATime(t *testing.T) {
 		if !slices.Equal(after.Groups[gid].Voters, m.Groups[gid].Voters) {
 			t.Fatalf("group %d moved while another group was moving", gid)
 		}
+	}
+}
+
+// TestDeadNodeTimer: the dead-node timeout runs on this node's monotonic
+// clock. A node's Since in the meta document is wall-clock time written by
+// some meta leader; one from a clock that ran ahead (or before this clock
+// jumped back) must neither keep a silent node alive nor, from a clock
+// behind, kill one that just became active. A dead node that answers a
+// poll again comes back active.
+func TestDeadNodeTimer(t *testing.T) {
+	const timeout = time.Second
+	for _, tc := range []struct {
+		name     string
+		state    string
+		since    time.Duration // the document's Since, relative to now (wall)
+		seenAgo  time.Duration // when this node first saw that state; 0: now, first look
+		answered time.Duration // when the node last answered a poll, ago; 0: never
+		want     string        // the state after
+	}{
+		{"first look, Since far in the past: the timeout starts now", nodeActive, -time.Hour, 0, 0, nodeActive},
+		{"first look, Since in the future", nodeActive, 30 * time.Minute, 0, 0, nodeActive},
+		{"silent past the timeout, Since in the future", nodeActive, 30 * time.Minute, 2 * timeout, 0, nodeDead},
+		{"silent past the timeout, Since ordinary", nodeActive, -2 * timeout, 2 * timeout, 0, nodeDead},
+		{"silent less than the timeout", nodeActive, -2 * timeout, timeout / 2, 0, nodeActive},
+		{"answered within the timeout", nodeActive, -time.Hour, time.Hour, timeout / 2, nodeActive},
+		{"answered, but long ago", nodeActive, -time.Hour, time.Hour, 2 * timeout, nodeDead},
+		{"dead, answers again", nodeDead, -time.Hour, 5 * timeout, timeout / 10, nodeActive},
+		{"dead, last answer from before it was declared dead", nodeDead, -time.Hour, 5 * timeout, 6 * timeout, nodeDead},
+		{"dead, never answered", nodeDead, -time.Hour, 5 * timeout, 0, nodeDead},
+		{"dead, first look: an old answer does not bring it back", nodeDead, -time.Hour, 0, timeout / 10, nodeDead},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			now := time.Now()
+			since := now.Add(tc.since).UTC() // as read back from JSON: no monotonic reading
+			n := &Node{
+				cfg:        &Config{DeadNodeTimeout: timeout},
+				id:         1,
+				view:       newView(),
+				viewSince:  now.Add(-time.Hour),
+				activeSeen: map[uint64]activeMark{},
+			}
+			if tc.seenAgo > 0 {
+				n.activeSeen[2] = activeMark{since: since, at: now.Add(-tc.seenAgo)}
+			}
+			if tc.answered > 0 {
+				n.view.noteReport(2, nodeReport{Node: 2}, now.Add(-tc.answered))
+			}
+			m := &metaState{Nodes: map[uint64]*nodeInfo{
+				1: {ID: 1, Name: "node-1", State: nodeActive},
+				2: {ID: 2, Name: "node-2", State: tc.state, Since: since},
+			}}
+			dead, revived := n.markDeadNodes(m)
+			if got := m.Nodes[2].State; got != tc.want {
+				t.Fatalf("state %s, want %s (dead %v, revived %v)", got, tc.want, dead, revived)
+			}
+			changed := tc.state != tc.want
+			if got := len(dead)+len(revived) == 1; got != changed {
+				t.Fatalf("dead %v, revived %v: one name expected iff the state changed (%v)", dead, revived, changed)
+			}
+		})
 	}
 }

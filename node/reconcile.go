@@ -285,10 +285,10 @@ func (n *Node) placementLoop() {
 		moving := n.movingGroups(m)
 		n.rebalancing.Store(len(moving) > 0)
 		ctx, cancel := context.WithTimeout(n.ctx, 2*time.Second)
-		var detectedDead []string
+		var detectedDead, revived []string
 		next, err := n.updateMeta(ctx, func(m *metaState) error {
-			detectedDead = n.markDeadNodes(m)
-			if !place(m, placementInput{moving: moving}) && len(detectedDead) == 0 {
+			detectedDead, revived = n.markDeadNodes(m)
+			if !place(m, placementInput{moving: moving}) && len(detectedDead) == 0 && len(revived) == 0 {
 				return errNoChange
 			}
 			return nil
@@ -303,6 +303,10 @@ func (n *Node) placementLoop() {
 		for _, name := range detectedDead {
 			n.events.emit(Event{Type: EventNodeLeave, Node: name, Reason: "dead",
 				Message: fmt.Sprintf("unreachable for more than %v", n.cfg.DeadNodeTimeout)})
+		}
+		for _, name := range revived {
+			n.events.emit(Event{Type: EventNodeRejoin, Node: name,
+				Message: "answered again after being declared dead, without restarting; it holds no replicas until placement gives it some"})
 		}
 		// A rebalance starts when placement first changes something and
 		// completes when it has nothing left to change and nothing moves:
@@ -321,24 +325,55 @@ func (n *Node) placementLoop() {
 	}
 }
 
+// activeMark is when this node, as meta leader, first saw a node in its
+// current state (active or dead), named by the state's Since.
+type activeMark struct {
+	since time.Time // the meta document's Since: which activation
+	at    time.Time // this node's clock (monotonic) when it first saw it
+}
+
 // markDeadNodes declares dead the active nodes that have not answered the
-// view poll for longer than the dead-node timeout, and returns their names.
-func (n *Node) markDeadNodes(m *metaState) []string {
-	var dead []string
+// view poll for longer than the dead-node timeout, and brings back the dead
+// ones that answer again. It returns the names of both.
+//
+// A node can come back without restarting (and so without a join request):
+// a partition that heals, a process that was paused, one that was too slow
+// to answer its first polls. Left dead, it would hold nothing for good.
+// Its replicas were removed from their groups when it was declared dead, so
+// it comes back empty, and placement gives it a share again.
+func (n *Node) markDeadNodes(m *metaState) (dead, revived []string) {
 	now := time.Now()
 	for _, id := range m.sortedNodes() {
 		ni := m.Nodes[id]
-		if ni.State != nodeActive || id == n.id {
+		if (ni.State != nodeActive && ni.State != nodeDead) || id == n.id {
 			continue
 		}
-		// Count from the last answer, from when this node started
-		// looking (it never heard from it), or from when the node became
+		// ni.Since (when State last changed) is wall-clock time, written
+		// by whichever node led the meta group then: after a clock jump it
+		// is worthless as the start of a timeout. What counts is when this
+		// node first saw the node in that state (with that Since), on its
+		// own monotonic clock. A node that just became meta leader thus
+		// gives silent nodes one more timeout: later detection, never a
+		// false one.
+		seen, ok := n.activeSeen[id]
+		if !ok || !seen.since.Equal(ni.Since) {
+			seen = activeMark{since: ni.Since, at: now}
+			n.activeSeen[id] = seen
+		}
+		last, answered := n.view.alive(id)
+		if ni.State == nodeDead {
+			if answered && last.After(seen.at) {
+				ni.State, ni.Since = nodeActive, now.UTC()
+				revived = append(revived, ni.Name)
+			}
+			continue
+		}
+		// Count from the last answer, from when this node started looking
+		// (it never heard from it), or from when it saw the node become
 		// active (it just joined, or came back from the dead), whichever
-		// is latest: a node that joins a cluster whose meta leader has
-		// been up longer than the timeout is not dead before its first
-		// poll.
-		last, _ := n.view.alive(id)
-		for _, t := range []time.Time{n.viewSince, ni.Since} {
+		// is latest: a node that joins a cluster whose meta leader has been
+		// up longer than the timeout is not dead before its first poll.
+		for _, t := range []time.Time{n.viewSince, seen.at} {
 			if t.After(last) {
 				last = t
 			}
@@ -348,5 +383,5 @@ func (n *Node) markDeadNodes(m *metaState) []string {
 			dead = append(dead, ni.Name)
 		}
 	}
-	return dead
+	return dead, revived
 }
