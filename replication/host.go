@@ -175,7 +175,15 @@ func (h *Host) stoppedErr() error {
 }
 
 // replica returns the group's replica, for goroutines other than the loop.
+// Once the loop has exited it returns ErrStopped (or the failure that
+// stopped the host), so that a closed host does not answer ErrNotLeader
+// from the last leadership it knew.
 func (h *Host) replica(group uint64) (*replica, error) {
+	select {
+	case <-h.loopDone:
+		return nil, h.stoppedErr()
+	default:
+	}
 	h.mu.RLock()
 	defer h.mu.RUnlock()
 	if h.mu.failed != nil {

@@ -48,9 +48,6 @@ func (h *Host) Propose(ctx context.Context, group uint64, ops []engine.Op) ([]en
 	if err := validateOps(ops); err != nil {
 		return nil, err
 	}
-	if err := h.checkRunning(); err != nil {
-		return nil, err
-	}
 	r, err := h.replica(group)
 	if err != nil {
 		return nil, err
@@ -62,18 +59,6 @@ func (h *Host) Propose(ctx context.Context, group uint64, ops []engine.Op) ([]en
 	p := &proposal{group: group, id: id, done: make(chan struct{})}
 	p.data = encodeCommand(make([]byte, 0, commandSize(ops)), id, ops)
 	return h.submit(ctx, p)
-}
-
-// checkRunning returns ErrStopped (or the failure that stopped the host)
-// once the loop has exited, so that a closed host does not answer
-// ErrNotLeader from the last leadership it knew.
-func (h *Host) checkRunning() error {
-	select {
-	case <-h.loopDone:
-		return h.stoppedErr()
-	default:
-		return nil
-	}
 }
 
 func (h *Host) submit(ctx context.Context, p *proposal) ([]engine.Result, error) {
@@ -101,9 +86,6 @@ func (h *Host) submit(ctx context.Context, p *proposal) ([]engine.Result, error)
 // group: raft turns a second one into an empty entry, reported as
 // ErrProposalDropped.
 func (h *Host) ProposeConfChange(ctx context.Context, group uint64, cc *raftpb.ConfChangeV2) error {
-	if err := h.checkRunning(); err != nil {
-		return err
-	}
 	r, err := h.replica(group)
 	if err != nil {
 		return err

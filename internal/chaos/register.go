@@ -243,13 +243,7 @@ func (r *Register) finishWrite(op *regOp, err error, out history.Output, key str
 func (r *Register) AckedInvokedBetween(from, to time.Time) []string {
 	r.acks.Lock()
 	defer r.acks.Unlock()
-	var out []string
-	for _, a := range r.acks.writes {
-		if !a.invoked.Before(from) && a.done.Before(to) {
-			out = append(out, fmt.Sprintf("register write on %s (invoked %v after the window opened)", a.key, a.invoked.Sub(from).Round(time.Millisecond)))
-		}
-	}
-	return out
+	return invokedBetween(r.acks.writes, from, to, "register write on")
 }
 
 // ReadsInvokedBetween lists the linearizable reads invoked at or after
@@ -258,10 +252,16 @@ func (r *Register) AckedInvokedBetween(from, to time.Time) []string {
 func (r *Register) ReadsInvokedBetween(from, to time.Time) []string {
 	r.acks.Lock()
 	defer r.acks.Unlock()
+	return invokedBetween(r.acks.reads, from, to, "linearizable read of")
+}
+
+// invokedBetween describes the events invoked at or after from and
+// answered before to.
+func invokedBetween(events []ackEvent, from, to time.Time, what string) []string {
 	var out []string
-	for _, a := range r.acks.reads {
+	for _, a := range events {
 		if !a.invoked.Before(from) && a.done.Before(to) {
-			out = append(out, fmt.Sprintf("linearizable read of %s (invoked %v after the window opened)", a.key, a.invoked.Sub(from).Round(time.Millisecond)))
+			out = append(out, fmt.Sprintf("%s %s (invoked %v after the window opened)", what, a.key, a.invoked.Sub(from).Round(time.Millisecond)))
 		}
 	}
 	return out
@@ -287,18 +287,11 @@ func (r *Register) Check(timeout time.Duration, vizPath func() string) (porcupin
 // after a violation.
 func (r *Register) IllegalKeys(timeout time.Duration) map[string]string {
 	r.mirror.Lock()
-	byKey := map[string][]porcupine.Operation{}
-	for _, op := range r.mirror.ops {
-		k := op.Input.(history.Input).Key
-		byKey[k] = append(byKey[k], op)
-	}
+	all := append([]porcupine.Operation(nil), r.mirror.ops...)
 	r.mirror.Unlock()
 	out := map[string]string{}
 	model := history.Model()
-	for k, ops := range byKey {
-		if porcupine.CheckOperationsTimeout(model, ops, timeout) != porcupine.Illegal {
-			continue
-		}
+	for k, ops := range history.IllegalKeys(all, timeout) {
 		sort.Slice(ops, func(i, j int) bool { return ops[i].Call < ops[j].Call })
 		var b strings.Builder
 		for _, op := range ops {

@@ -10,6 +10,7 @@ package history
 
 import (
 	"fmt"
+	"slices"
 	"sync"
 	"time"
 
@@ -140,12 +141,11 @@ func (r *Recorder) Check(timeout time.Duration, vizPath func() string) (porcupin
 	}
 	var illegal []porcupine.Operation
 	var keys []string
-	for _, part := range model.Partition(ops) {
-		if porcupine.CheckOperationsTimeout(model, part, timeout) == porcupine.Illegal {
-			illegal = append(illegal, part...)
-			keys = append(keys, part[0].Input.(Input).Key)
-		}
+	for k, part := range IllegalKeys(ops, timeout) {
+		illegal = append(illegal, part...)
+		keys = append(keys, k)
 	}
+	slices.Sort(keys)
 	if len(illegal) == 0 || len(illegal) > maxVizOps {
 		return res, fmt.Errorf("history of %d operations is not linearizable (keys %q: %d operations, too many to draw)", len(ops), keys, len(illegal))
 	}
@@ -155,6 +155,20 @@ func (r *Recorder) Check(timeout time.Duration, vizPath func() string) (porcupin
 		return res, fmt.Errorf("history of %d operations is not linearizable (keys %q); writing the visualization: %v", len(ops), keys, err)
 	}
 	return res, fmt.Errorf("history of %d operations is not linearizable (keys %q); visualization of their %d operations in %s", len(ops), keys, len(illegal), path)
+}
+
+// IllegalKeys checks each key's operations on their own (the model
+// partitions by key) and returns those of the keys that are not
+// linearizable.
+func IllegalKeys(ops []porcupine.Operation, timeout time.Duration) map[string][]porcupine.Operation {
+	model := Model()
+	out := map[string][]porcupine.Operation{}
+	for _, part := range model.Partition(ops) {
+		if porcupine.CheckOperationsTimeout(model, part, timeout) == porcupine.Illegal {
+			out[part[0].Input.(Input).Key] = part
+		}
+	}
+	return out
 }
 
 // maxVizOps bounds the operations Check draws: porcupine's visualization

@@ -52,13 +52,20 @@ func newLink(t *testing.T) *Link {
 	return l
 }
 
-func TestPass(t *testing.T) {
-	l := newLink(t)
-	c, err := net.Dial("tcp", l.Addr())
+// dial connects to addr; the test closes the connection when it ends.
+func dial(t *testing.T, addr string) net.Conn {
+	t.Helper()
+	c, err := net.Dial("tcp", addr)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer c.Close()
+	t.Cleanup(func() { c.Close() })
+	return c
+}
+
+func TestPass(t *testing.T) {
+	l := newLink(t)
+	c := dial(t, l.Addr())
 	if got, err := roundTrip(c, "hello", 2*time.Second); err != nil || got != "hello\n" {
 		t.Fatalf("%q %v", got, err)
 	}
@@ -82,11 +89,7 @@ func TestNoTargetResets(t *testing.T) {
 
 func TestCutResetsExistingAndNew(t *testing.T) {
 	l := newLink(t)
-	c, err := net.Dial("tcp", l.Addr())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
+	c := dial(t, l.Addr())
 	if _, err := roundTrip(c, "a", 2*time.Second); err != nil {
 		t.Fatal(err)
 	}
@@ -102,11 +105,7 @@ func TestCutResetsExistingAndNew(t *testing.T) {
 		}
 	}
 	l.Set(Pass, 0)
-	c3, err := net.Dial("tcp", l.Addr())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c3.Close()
+	c3 := dial(t, l.Addr())
 	if got, err := roundTrip(c3, "d", 2*time.Second); err != nil || got != "d\n" {
 		t.Fatalf("after healing: %q %v", got, err)
 	}
@@ -115,11 +114,7 @@ func TestCutResetsExistingAndNew(t *testing.T) {
 func TestDelay(t *testing.T) {
 	l := newLink(t)
 	l.Set(Pass, 150*time.Millisecond)
-	c, err := net.Dial("tcp", l.Addr())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
+	c := dial(t, l.Addr())
 	start := time.Now()
 	if got, err := roundTrip(c, "slow", 5*time.Second); err != nil || got != "slow\n" {
 		t.Fatalf("%q %v", got, err)
@@ -132,17 +127,13 @@ func TestDelay(t *testing.T) {
 
 func TestBlackholeSwallowsThenResets(t *testing.T) {
 	l := newLink(t)
-	c, err := net.Dial("tcp", l.Addr())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
+	c := dial(t, l.Addr())
 	if _, err := roundTrip(c, "a", 2*time.Second); err != nil {
 		t.Fatal(err)
 	}
 	l.Set(Blackhole, 0)
 	// The write succeeds; no answer comes.
-	_, err = roundTrip(c, "lost", 300*time.Millisecond)
+	_, err := roundTrip(c, "lost", 300*time.Millisecond)
 	var ne net.Error
 	if !errors.As(err, &ne) || !ne.Timeout() {
 		t.Fatalf("black-holed round trip: %v, want a timeout", err)
@@ -151,11 +142,7 @@ func TestBlackholeSwallowsThenResets(t *testing.T) {
 	if _, err := roundTrip(c, "after", 2*time.Second); err == nil {
 		t.Fatal("a connection that lost bytes was not reset")
 	}
-	c2, err := net.Dial("tcp", l.Addr())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c2.Close()
+	c2 := dial(t, l.Addr())
 	if got, err := roundTrip(c2, "fresh", 2*time.Second); err != nil || got != "fresh\n" {
 		t.Fatalf("%q %v", got, err)
 	}
