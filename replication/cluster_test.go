@@ -9,6 +9,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -50,9 +51,16 @@ type testNode struct {
 	serveWG sync.WaitGroup
 }
 
-type lateHandler struct{ h atomic.Pointer[Host] }
+type lateHandler struct {
+	h atomic.Pointer[Host]
+	// drop, if set, discards the received messages it returns true for.
+	drop atomic.Pointer[func(transport.Message) bool]
+}
 
 func (l *lateHandler) HandleMessages(from uint64, msgs []transport.Message) {
+	if drop := l.drop.Load(); drop != nil {
+		msgs = slices.DeleteFunc(slices.Clone(msgs), *drop)
+	}
 	if h := l.h.Load(); h != nil {
 		h.HandleMessages(from, msgs)
 	}

@@ -68,6 +68,15 @@ type Config struct {
 	// MaxConcurrentSnapshots bounds the snapshots this node sends at once.
 	// Default: 2.
 	MaxConcurrentSnapshots int
+	// CommitHintDelay is how long a leader may hold an append that only
+	// tells a follower the new commit index, so that the next append to
+	// that follower carries it instead (see commithint.go). It halves the
+	// messages of a write under load, at the cost of followers' applied
+	// state trailing by up to the delay (follower reads are not delayed).
+	// Default: 2ms, or half the heartbeat period if that is shorter. It
+	// must be below the heartbeat period. Negative: send every hint at
+	// once, as raft emits it.
+	CommitHintDelay time.Duration
 	// ReadIndexTimeoutTicks is how long a linearizable read waits for its
 	// read index before failing with ErrReadDropped. Default: 2 election
 	// timeouts.
@@ -110,6 +119,9 @@ func (c *Config) EnsureDefaults() *Config {
 	if n.MaxConcurrentSnapshots == 0 {
 		n.MaxConcurrentSnapshots = 2
 	}
+	if n.CommitHintDelay == 0 {
+		n.CommitHintDelay = min(2*time.Millisecond, n.TickInterval*time.Duration(n.HeartbeatTicks)/2)
+	}
 	if n.ReadIndexTimeoutTicks == 0 {
 		n.ReadIndexTimeoutTicks = 2 * n.ElectionTicks
 	}
@@ -145,6 +157,9 @@ func (c *Config) Validate() error {
 	}
 	if c.MaxConcurrentSnapshots < 1 {
 		errs = append(errs, fmt.Errorf("MaxConcurrentSnapshots %d must be at least 1", c.MaxConcurrentSnapshots))
+	}
+	if c.CommitHintDelay > 0 && c.CommitHintDelay >= c.TickInterval*time.Duration(c.HeartbeatTicks) {
+		errs = append(errs, fmt.Errorf("CommitHintDelay %v must be below the heartbeat period %v", c.CommitHintDelay, c.TickInterval*time.Duration(c.HeartbeatTicks)))
 	}
 	if c.EngineSyncInterval < 0 {
 		errs = append(errs, fmt.Errorf("EngineSyncInterval %v is negative", c.EngineSyncInterval))

@@ -44,10 +44,22 @@
 // (engine.SyncedApplied). After a crash, Open reconciles each group (an
 // engine ahead of its log, left by a snapshot install, is recorded in the
 // log) and starts raft at the engine's applied index; raft replays the
-// rest of the committed log.
+// rest of the committed log. Two engine writes are synced at once instead:
+// a bootstrap, which the log then records as its snapshot, and every
+// configuration change. Raft restarts from the configuration the engine
+// holds, and it must not come back more than one change behind: a node
+// that bootstrapped a group alone and added two voters must not restart as
+// the group's only voter.
 //
 // Any WAL or engine error stops the host (fail-stop): pending work fails,
 // nothing more is acknowledged, and Err reports why.
+//
+// # Commit hints
+//
+// A leader holds the appends raft sends only to tell a follower a new
+// commit index for up to Config.CommitHintDelay (2ms), so that the next
+// append to that follower carries the index instead. Under load that
+// removes about four of a write's ten raft messages. See commithint.go.
 //
 // # Snapshots
 //

@@ -81,6 +81,8 @@ type Host struct {
 	applyWork  []applyWork
 	readGroups []*replica // groups with reads to issue
 	outbox     map[uint64][]transport.Message
+	hints      map[hintKey]*raftpb.Message // held commit hints (commithint.go)
+	hintTimer  *time.Timer                 // fires when the held hints' delay is over
 	opsBuf     []engine.Op
 	tickNow    uint64
 	snapSem    chan struct{}
@@ -105,15 +107,17 @@ func Open(cfg Config) (*Host, error) {
 		return nil, err
 	}
 	h := &Host{
-		cfg:      c,
-		logger:   c.Logger.With("node", c.NodeID),
-		wal:      c.WAL,
-		eng:      c.Engine,
-		tr:       c.Transport,
-		wake:     make(chan struct{}, 1),
-		outbox:   make(map[uint64][]transport.Message),
-		snapSem:  make(chan struct{}, c.MaxConcurrentSnapshots),
-		loopDone: make(chan struct{}),
+		cfg:       c,
+		logger:    c.Logger.With("node", c.NodeID),
+		wal:       c.WAL,
+		eng:       c.Engine,
+		tr:        c.Transport,
+		wake:      make(chan struct{}, 1),
+		outbox:    make(map[uint64][]transport.Message),
+		hints:     make(map[hintKey]*raftpb.Message),
+		hintTimer: newHintTimer(),
+		snapSem:   make(chan struct{}, c.MaxConcurrentSnapshots),
+		loopDone:  make(chan struct{}),
 	}
 	h.nextID.Store(c.NodeID << 48)
 	h.epoch = time.Now()
@@ -255,6 +259,7 @@ func (h *Host) run() {
 	}()
 	ticker := time.NewTicker(h.cfg.TickInterval)
 	defer ticker.Stop()
+	defer h.hintTimer.Stop()
 	for {
 		select {
 		case <-h.ctx.Done():
@@ -262,6 +267,8 @@ func (h *Host) run() {
 			return
 		case <-ticker.C:
 			h.tick()
+		case <-h.hintTimer.C:
+			h.releaseHints()
 		case <-h.wake:
 		}
 		for {
@@ -444,6 +451,9 @@ func (h *Host) cycle() error {
 func (h *Host) queueMessage(r *replica, m *raftpb.Message) {
 	if m.GetType() == raftpb.MessageType_MsgSnap {
 		h.sendSnapshot(r, m)
+		return
+	}
+	if h.cfg.CommitHintDelay > 0 && h.routeHint(r.id, m) {
 		return
 	}
 	to := m.GetTo()

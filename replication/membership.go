@@ -51,6 +51,12 @@ func (h *Host) Bootstrap(ctx context.Context, group uint64, voters []uint64) err
 		if err := b.Commit(); err != nil {
 			return err
 		}
+		// The log written next claims this state as its snapshot: it must
+		// be durable first, or a power loss leaves a log whose compaction
+		// point the engine never reached, and the node cannot restart.
+		if err := h.eng.Sync(); err != nil {
+			return err
+		}
 		idx, term, commit, vote := uint64(bootstrapIndex), uint64(bootstrapTerm), uint64(bootstrapIndex), uint64(0)
 		snap := &raftpb.Snapshot{Metadata: &raftpb.SnapshotMetadata{Index: &idx, Term: &term, ConfState: cs}}
 		hs := &raftpb.HardState{Term: &term, Vote: &vote, Commit: &commit}

@@ -18,18 +18,24 @@ type Metrics struct {
 	ReadBatches, Reads, LeaseReads uint64
 	// SnapshotsSent and SnapshotsInstalled count snapshot streams.
 	SnapshotsSent, SnapshotsInstalled uint64
+	// CommitHintsHeld counts commit-only appends a leader held back;
+	// CommitHintsFolded those of them never sent, because a later append
+	// or hint to the same follower carried a newer commit index (see
+	// commithint.go).
+	CommitHintsHeld, CommitHintsFolded uint64
 	// WALNanos and ApplyNanos are the time the loop spent in WAL appends
 	// (fsync included) and in applying committed entries.
 	WALNanos, ApplyNanos uint64
 }
 
 type metrics struct {
-	cycles, walAppends                atomic.Uint64
-	proposals, entriesApplied         atomic.Uint64
-	proposalBatches                   atomic.Uint64
-	readBatches, reads, leaseReads    atomic.Uint64
-	snapshotsSent, snapshotsInstalled atomic.Uint64
-	walNanos, applyNanos              atomic.Uint64
+	cycles, walAppends                 atomic.Uint64
+	proposals, entriesApplied          atomic.Uint64
+	proposalBatches                    atomic.Uint64
+	readBatches, reads, leaseReads     atomic.Uint64
+	snapshotsSent, snapshotsInstalled  atomic.Uint64
+	walNanos, applyNanos               atomic.Uint64
+	commitHintsHeld, commitHintsFolded atomic.Uint64
 }
 
 // Metrics returns the host's counters.
@@ -41,5 +47,6 @@ func (h *Host) Metrics() Metrics {
 		ReadBatches: m.readBatches.Load(), Reads: m.reads.Load(), LeaseReads: m.leaseReads.Load(),
 		SnapshotsSent: m.snapshotsSent.Load(), SnapshotsInstalled: m.snapshotsInstalled.Load(),
 		WALNanos: m.walNanos.Load(), ApplyNanos: m.applyNanos.Load(),
+		CommitHintsHeld: m.commitHintsHeld.Load(), CommitHintsFolded: m.commitHintsFolded.Load(),
 	}
 }

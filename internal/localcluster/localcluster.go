@@ -12,6 +12,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math/rand/v2"
 	"net"
 	"net/http"
 	"os"
@@ -185,15 +186,36 @@ func (c *Cluster) AddNode(ctx context.Context, join bool) (*Node, error) {
 	return n, n.start()
 }
 
-// freePort asks the kernel for a free port. Another process could take it
-// before the node binds it; the tests live with that small window.
+// freePort finds a port free to listen on, below the kernel's ephemeral
+// range. A port the kernel hands out for ":0" comes from that range, which
+// is also where every outgoing connection takes its source port: with
+// other tests busy on loopback, one of them could take the port between
+// this check and the node's bind, and the node would fail to start. Below
+// the range only an explicit bind can collide.
 func freePort() (int, error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return 0, err
+	lo, hi := 20000, ephemeralLow()
+	for range 200 {
+		port := lo + rand.IntN(hi-lo)
+		l, err := net.Listen("tcp", "127.0.0.1:"+strconv.Itoa(port))
+		if err != nil {
+			continue
+		}
+		l.Close()
+		return port, nil
 	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port, nil
+	return 0, fmt.Errorf("localcluster: no free port in [%d, %d)", lo, hi)
+}
+
+// ephemeralLow is the first port of the kernel's ephemeral range (Linux
+// default 32768 when it cannot be read).
+func ephemeralLow() int {
+	if b, err := os.ReadFile("/proc/sys/net/ipv4/ip_local_port_range"); err == nil {
+		var lo, hi int
+		if _, err := fmt.Sscan(string(b), &lo, &hi); err == nil && lo > 21000 {
+			return lo
+		}
+	}
+	return 32768
 }
 
 func (n *Node) start() error {
