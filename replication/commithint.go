@@ -80,6 +80,16 @@ func (h *Host) releaseHints() {
 	h.flushOutbox()
 }
 
+// dropHints forgets the hints held for a group whose replica leaves this
+// node: a later replica of the group here must not send them.
+func (h *Host) dropHints(group uint64) {
+	for key := range h.hints {
+		if key.group == group {
+			delete(h.hints, key)
+		}
+	}
+}
+
 // newHintTimer returns a stopped timer for the loop's hint delay.
 func newHintTimer() *time.Timer {
 	t := time.NewTimer(time.Hour)

@@ -100,8 +100,11 @@ func TestCommitHintRouting(t *testing.T) {
 		}
 	}
 
-	// Group 2 leaves before the delay ends: its hint is not sent.
+	// Group 2 leaves before the delay ends: its hint is not sent, even if
+	// a new replica of it arrives before the delay is over.
 	delete(h.mu.groups, 2)
+	h.dropHints(2)
+	h.mu.groups[2] = &replica{id: 2}
 	h.releaseHints()
 	if want := []string{"g1->2 MsgApp commit=8 ents=0"}; strings.Join(tr.sent, "; ") != strings.Join(want, "; ") {
 		t.Fatalf("released %q, want %q", tr.sent, want)

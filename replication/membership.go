@@ -127,6 +127,7 @@ func (h *Host) DestroyReplica(ctx context.Context, group uint64) error {
 		h.mu.Lock()
 		delete(h.mu.groups, group)
 		h.mu.Unlock()
+		h.dropHints(group)
 		// Holding persistMu: the appender cannot write this group's log
 		// after it is deleted, and skips its queued writes from now on.
 		h.persistMu.Lock()
