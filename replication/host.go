@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"runtime"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -270,6 +271,13 @@ func (h *Host) run() {
 		case <-h.hintTimer.C:
 			h.releaseHints()
 		case <-h.wake:
+			// Whoever woke the loop (a transport reader with a burst of
+			// frames, a few proposers) is often not alone: yielding once
+			// lets the others queue too, so one cycle carries them all.
+			// Measured in BenchmarkReplicatedPut with 64 writers: about 13%
+			// less CPU per write and fewer raft messages; no change with
+			// one writer.
+			runtime.Gosched()
 		}
 		for {
 			if err := h.storageFailure(); err != nil {
