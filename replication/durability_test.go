@@ -387,6 +387,16 @@ func TestConfChangeSurvivesPowerLoss(t *testing.T) {
 	if err := n1.h().Bootstrap(ctx, g, []uint64{1}); err != nil {
 		t.Fatal(err)
 	}
+	// A power loss right after the bootstrap must keep it: the log already
+	// records it as its snapshot.
+	boot, err := engine.Open(filepath.Join(n1.dir, "engine"), &engine.Options{FS: mem.CrashClone(vfs.CrashCloneCfg{UnsyncedDataPercent: 0})})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st := boot.Applied(g); st.Index == 0 {
+		t.Fatal("the bootstrap did not survive a power loss in the engine")
+	}
+	boot.Close()
 	c.leader(g, 5*time.Second)
 	for _, id := range []uint64{2, 3} {
 		if err := c.node(id).h().AddReplica(ctx, g); err != nil {
