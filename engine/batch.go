@@ -364,7 +364,11 @@ func (b *Batch) rollback() {
 
 // SetConfState records the partition's raft ConfState (marshaled by the
 // caller, opaque to the engine) to be persisted and published with this
-// Batch. It copies cs. A ConfState over Options.MaxConfStateSize returns an
+// Batch. It copies cs. The Batch's Commit then syncs: raft restarts from
+// the configuration stored here, and must not come back more than one
+// configuration change behind after a crash (a node that bootstrapped a
+// group alone and then added two voters would come back as its only voter,
+// able to elect itself). Configuration changes are rare; the fsync is not. A ConfState over Options.MaxConfStateSize returns an
 // error wrapping ErrInvalidOp and changes nothing.
 func (b *Batch) SetConfState(partition uint64, cs []byte) error {
 	if err := b.usable(); err != nil {
@@ -396,7 +400,8 @@ func (b *Batch) SetConfState(partition uint64, cs []byte) error {
 
 // Commit writes the Batch without waiting for an fsync (see the recovery
 // contract in the package documentation) and publishes the new applied
-// states. It returns ErrBatchConflict if a partition changed since the Batch
+// states. A Batch that sets a ConfState is the exception: it is synced
+// before Commit returns (see SetConfState). It returns ErrBatchConflict if a partition changed since the Batch
 // first read it. After any error the Batch is void; a storage error also
 // stops the engine (ErrFailStop).
 func (b *Batch) Commit() (err error) {
@@ -442,6 +447,7 @@ func (b *Batch) Commit() (err error) {
 		}
 	}
 
+	confSet := false
 	e.mu.Lock()
 	for p, bp := range b.parts {
 		ps := e.mu.parts[p]
@@ -454,11 +460,15 @@ func (b *Batch) Commit() (err error) {
 		}
 		if bp.confSet {
 			ps.applied.ConfState = bp.conf
+			confSet = true
 		}
 		ps.gen = e.nextSeqLocked()
 	}
 	e.mu.Unlock()
 	b.committed = true
+	if confSet {
+		return e.syncAndPublish()
+	}
 	return nil
 }
 

@@ -20,8 +20,10 @@
 //
 // Batch.Commit does not fsync. The raft log (package wal) is fsynced before
 // entries are committed, so every applied entry can be applied again after
-// a crash; paying a second fsync here would buy nothing. What the engine
-// guarantees instead:
+// a crash; paying a second fsync here would buy nothing. The one exception
+// is a Batch that sets a ConfState, which Commit syncs (see SetConfState):
+// raft restarts from that configuration. What the engine guarantees
+// instead:
 //
 //   - After a crash, the engine holds a prefix of its committed batches: all
 //     of them up to some batch, none after. Each batch is atomic, and a

@@ -34,7 +34,6 @@ func (h *Host) apply(work []applyWork) error {
 		err     error
 	}
 	var dones []done
-	confChanged := false
 	for _, w := range work {
 		r := w.r
 		for _, e := range w.m.GetEntries() {
@@ -45,7 +44,6 @@ func (h *Host) apply(work []applyWork) error {
 				d.id, d.hasID, d.results, d.err, err = h.applyCommand(b, r, e)
 			case raftpb.EntryType_EntryConfChange, raftpb.EntryType_EntryConfChangeV2:
 				d.id, d.hasID, err = h.applyConfChange(b, r, e)
-				confChanged = true
 			default:
 				err = applyEmpty(b, r.id, e.GetIndex(), e.GetTerm())
 			}
@@ -57,22 +55,6 @@ func (h *Host) apply(work []applyWork) error {
 	}
 	if err := b.Commit(); err != nil {
 		return fmt.Errorf("engine commit: %w", err)
-	}
-	if confChanged {
-		// A configuration must not go back more than one change across a
-		// crash. Raft restarts from the configuration the engine holds,
-		// and the hard state's commit index, which would make it replay
-		// the changes after it before campaigning, may be lost with the
-		// engine's unsynced writes (a commit-only hard state is written
-		// without fsync). A node that bootstrapped a group alone and then
-		// added two voters could come back as its only voter, elect itself
-		// and commit on its own: two leaders. Syncing here, before the
-		// change's proposal completes and a next one can be proposed,
-		// keeps every restart within one change of the truth, where the
-		// old and new majorities overlap.
-		if err := h.eng.Sync(); err != nil {
-			return fmt.Errorf("engine sync after a configuration change: %w", err)
-		}
 	}
 	h.metrics.entriesApplied.Add(uint64(len(dones)))
 	for _, d := range dones {
@@ -105,7 +87,8 @@ func (h *Host) applyCommand(b *engine.Batch, r *replica, e *raftpb.Entry) (id ui
 }
 
 // applyConfChange applies a configuration change to raft and records the
-// new ConfState in the same engine batch as the applied index.
+// new ConfState in the same engine batch as the applied index (which makes
+// the engine sync that batch: see engine.Batch.SetConfState).
 func (h *Host) applyConfChange(b *engine.Batch, r *replica, e *raftpb.Entry) (uint64, bool, error) {
 	var cc raftpb.ConfChangeI
 	var ctx []byte

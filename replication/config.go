@@ -120,12 +120,16 @@ func (c *Config) EnsureDefaults() *Config {
 		n.MaxConcurrentSnapshots = 2
 	}
 	if n.CommitHintDelay == 0 {
-		n.CommitHintDelay = min(2*time.Millisecond, n.TickInterval*time.Duration(n.HeartbeatTicks)/2)
+		n.CommitHintDelay = min(2*time.Millisecond, n.heartbeatPeriod()/2)
 	}
 	if n.ReadIndexTimeoutTicks == 0 {
 		n.ReadIndexTimeoutTicks = 2 * n.ElectionTicks
 	}
 	return &n
+}
+
+func (c *Config) heartbeatPeriod() time.Duration {
+	return c.TickInterval * time.Duration(c.HeartbeatTicks)
 }
 
 // Validate reports every problem with c at once.
@@ -158,8 +162,8 @@ func (c *Config) Validate() error {
 	if c.MaxConcurrentSnapshots < 1 {
 		errs = append(errs, fmt.Errorf("MaxConcurrentSnapshots %d must be at least 1", c.MaxConcurrentSnapshots))
 	}
-	if c.CommitHintDelay > 0 && c.CommitHintDelay >= c.TickInterval*time.Duration(c.HeartbeatTicks) {
-		errs = append(errs, fmt.Errorf("CommitHintDelay %v must be below the heartbeat period %v", c.CommitHintDelay, c.TickInterval*time.Duration(c.HeartbeatTicks)))
+	if hb := c.heartbeatPeriod(); c.CommitHintDelay > 0 && c.CommitHintDelay >= hb {
+		errs = append(errs, fmt.Errorf("CommitHintDelay %v must be below the heartbeat period %v", c.CommitHintDelay, hb))
 	}
 	if c.EngineSyncInterval < 0 {
 		errs = append(errs, fmt.Errorf("EngineSyncInterval %v is negative", c.EngineSyncInterval))

@@ -48,13 +48,11 @@ func (h *Host) Bootstrap(ctx context.Context, group uint64, voters []uint64) err
 		if err := applyEmpty(b, group, bootstrapIndex, bootstrapTerm); err != nil {
 			return err
 		}
+		// The ConfState makes Commit sync: the log written next claims this
+		// state as its snapshot, so it must be durable first, or a power
+		// loss leaves a log whose compaction point the engine never
+		// reached, and the node cannot restart.
 		if err := b.Commit(); err != nil {
-			return err
-		}
-		// The log written next claims this state as its snapshot: it must
-		// be durable first, or a power loss leaves a log whose compaction
-		// point the engine never reached, and the node cannot restart.
-		if err := h.eng.Sync(); err != nil {
 			return err
 		}
 		idx, term, commit, vote := uint64(bootstrapIndex), uint64(bootstrapTerm), uint64(bootstrapIndex), uint64(0)
