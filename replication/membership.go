@@ -192,6 +192,12 @@ func (h *Host) TransferLeadership(ctx context.Context, group, to uint64) error {
 	if err != nil {
 		return err
 	}
+	// The target refuses to campaign while it has a committed
+	// configuration change it has not applied yet (raft's rule), and the
+	// leader then gives the transfer up after an election timeout. A
+	// transfer right after a configuration change meets that often, so
+	// while this replica still leads and no transfer is under way, ask
+	// again.
 	t := time.NewTicker(h.cfg.TickInterval)
 	defer t.Stop()
 	for r.leader.Load() != to {
@@ -202,6 +208,13 @@ func (h *Host) TransferLeadership(ctx context.Context, group, to uint64) error {
 			return h.stoppedErr()
 		case <-t.C:
 		}
+		_ = h.runTask(ctx, func() error {
+			if !r.destroyed && r.state == raft.StateLeader && r.rn.BasicStatus().LeadTransferee == raft.None {
+				r.rn.TransferLeader(to)
+				h.markDirty(r)
+			}
+			return nil
+		})
 	}
 	return nil
 }
