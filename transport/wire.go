@@ -240,8 +240,8 @@ func noEOF(err error) error {
 
 // decodePayload parses a message frame's payload, a sequence of
 // [uvarint group][uvarint len][len bytes of proto-marshaled raftpb.Message],
-// appending to msgs. Decoded messages never alias payload (protobuf-go copies
-// bytes fields), so the caller may reuse it.
+// appending to msgs. Decoded messages never alias payload, so the caller may
+// reuse it.
 func decodePayload(payload []byte, msgs []Message) ([]Message, error) {
 	for off := 0; off < len(payload); {
 		group, n := binary.Uvarint(payload[off:])
@@ -257,8 +257,8 @@ func decodePayload(payload []byte, msgs []Message) ([]Message, error) {
 		if size > uint64(len(payload)-off) {
 			return msgs, fmt.Errorf("%w: message of %d bytes at offset %d overruns the %d-byte payload", ErrCorruptFrame, size, off, len(payload))
 		}
-		m := new(raftpb.Message)
-		if err := proto.Unmarshal(payload[off:off+int(size)], m); err != nil {
+		m, err := decodeMessage(payload[off : off+int(size)])
+		if err != nil {
 			return msgs, fmt.Errorf("%w: group %d: %v", ErrCorruptFrame, group, err)
 		}
 		off += int(size)
