@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"math/rand/v2"
 	"net"
+	"runtime"
 	"sync"
 	"time"
 )
@@ -332,6 +333,13 @@ func (p *peer) run() {
 			p.log.Info("connected to peer", "remote", oc.conn.RemoteAddr())
 		}
 
+		// Let the goroutines that are about to queue messages for this
+		// peer (the replication loop and its appender each send after their
+		// own step) do so first: one Write then carries them all. Measured
+		// in BenchmarkReplicatedPut with 64 writers: 0.67 to 0.51 Writes per
+		// replicated write, and less CPU per write in 11 of 15 interleaved
+		// pairs.
+		runtime.Gosched()
 		batch := p.takeQueue()
 		err := p.write(oc.conn, enc, batch)
 		p.returnBatch(batch)
