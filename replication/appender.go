@@ -124,6 +124,7 @@ func (h *Host) persist(work []appendWork) error {
 			u.Snapshot, u.Entries = s, nil
 		}
 		if ents := m.GetEntries(); len(ents) > 0 {
+			noteConfChanges(w.r, ents)
 			if len(u.Entries) == 0 {
 				u.Entries = ents
 			} else {
@@ -139,7 +140,7 @@ func (h *Host) persist(work []appendWork) error {
 				u.Entries = append(keep, ents...)
 			}
 		}
-		if m.Term != nil {
+		if m.Term != nil && (u.HardState != nil || u.Snapshot != nil || hardStateNeeded(w.r, m)) {
 			u.HardState = &raftpb.HardState{Term: m.Term, Vote: m.Vote, Commit: m.Commit}
 		}
 	}
@@ -180,6 +181,37 @@ func (h *Host) persist(work []appendWork) error {
 		h.HandleMessages(h.cfg.NodeID, local)
 	}
 	return nil
+}
+
+// hardStateNeeded reports whether m's hard state must be written. Term
+// and vote must; a commit index alone need not, and skipping it spares a
+// WAL key per group per round (a quarter of the log's writes under load).
+// The commit index is volatile in Raft: a replica that restarts with an
+// older one re-learns it from the leader, and recovery never lets it fall
+// below what the engine applied (reconcile). Except for one thing it
+// decides: etcd raft will not campaign while a committed configuration
+// change is unapplied, and a restarted replica that forgot such a change
+// was committed could campaign in the old configuration. So a commit index
+// that passes an index where a configuration change may sit (confBarrier)
+// is written, as every commit index was before. The caller holds
+// Host.persistMu.
+func hardStateNeeded(r *replica, m *raftpb.Message) bool {
+	term, vote, commit := r.st.HardState()
+	if m.GetTerm() != term || m.GetVote() != vote {
+		return true
+	}
+	return commit < r.confBarrier && r.confBarrier <= m.GetCommit()
+}
+
+// noteConfChanges moves r's confBarrier past the configuration changes
+// among ents, which are about to be written. The caller holds
+// Host.persistMu.
+func noteConfChanges(r *replica, ents []*raftpb.Entry) {
+	for _, e := range ents {
+		if t := e.GetType(); t == raftpb.EntryType_EntryConfChange || t == raftpb.EntryType_EntryConfChangeV2 {
+			r.confBarrier = max(r.confBarrier, e.GetIndex())
+		}
+	}
 }
 
 // needsSync reports whether m writes something raft requires durable

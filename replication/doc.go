@@ -51,6 +51,13 @@
 // that bootstrapped a group alone and added two voters must not restart as
 // the group's only voter.
 //
+// A hard state is written only when its term or vote changes, or when its
+// commit index passes a configuration change (hardStateNeeded): the commit
+// index is volatile in raft, so a restarted replica starts from the one it
+// last wrote, raised to what its engine applied, and learns the rest from
+// the leader. Configuration changes are the exception because raft decides
+// whether a replica may campaign from which changes it knows committed.
+//
 // Any WAL or engine error stops the host (fail-stop): pending work fails,
 // nothing more is acknowledged, and Err reports why.
 //

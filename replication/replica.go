@@ -41,6 +41,11 @@ type replica struct {
 	// so the appender skips its queued writes.
 	removed atomic.Bool
 
+	// confBarrier (under Host.persistMu) is the highest log index that may
+	// hold a configuration change: a hard state whose commit index reaches
+	// it is always written (see hardStateNeeded).
+	confBarrier uint64
+
 	// loop-owned
 	state     raft.StateType
 	dirty     bool
@@ -185,7 +190,13 @@ func (h *Host) startReplica(id uint64, ws *wal.Storage) (*replica, error) {
 	if err != nil {
 		return nil, err
 	}
-	return newReplica(id, st, rn, applied.Index, cs), nil
+	r := newReplica(id, st, rn, applied.Index, cs)
+	// The log may hold configuration changes past the stored commit index;
+	// without reading it, assume its last entry is one.
+	if r.confBarrier, err = ws.LastIndex(); err != nil {
+		return nil, err
+	}
+	return r, nil
 }
 
 // reconcile makes the log and the state machine of a group agree after a
