@@ -33,6 +33,10 @@ func BenchmarkReplicatedPut(b *testing.B) {
 	}
 	for _, writers := range []int{1, 64} {
 		b.Run(fmt.Sprintf("writers=%d", writers), func(b *testing.B) {
+			// Allocations of the whole process per write: with the
+			// message counts, a measure of work that the machine's other
+			// tenants do not move.
+			b.ReportAllocs()
 			c := newTestCluster(b, 3, 64, productionClock)
 			leaders := make([]atomic.Pointer[Host], 65)
 			for _, g := range c.groups {
