@@ -368,8 +368,9 @@ func (b *Batch) rollback() {
 // the configuration stored here, and must not come back more than one
 // configuration change behind after a crash (a node that bootstrapped a
 // group alone and then added two voters would come back as its only voter,
-// able to elect itself). Configuration changes are rare; the fsync is not. A ConfState over Options.MaxConfStateSize returns an
-// error wrapping ErrInvalidOp and changes nothing.
+// able to elect itself). Configuration changes are rare; the fsync is not.
+// A ConfState over Options.MaxConfStateSize returns an error wrapping
+// ErrInvalidOp and changes nothing.
 func (b *Batch) SetConfState(partition uint64, cs []byte) error {
 	if err := b.usable(); err != nil {
 		return err
@@ -401,9 +402,9 @@ func (b *Batch) SetConfState(partition uint64, cs []byte) error {
 // Commit writes the Batch without waiting for an fsync (see the recovery
 // contract in the package documentation) and publishes the new applied
 // states. A Batch that sets a ConfState is the exception: it is synced
-// before Commit returns (see SetConfState). It returns ErrBatchConflict if a partition changed since the Batch
-// first read it. After any error the Batch is void; a storage error also
-// stops the engine (ErrFailStop).
+// before Commit returns (see SetConfState). It returns ErrBatchConflict if
+// a partition changed since the Batch first read it. After any error the
+// Batch is void; a storage error also stops the engine (ErrFailStop).
 func (b *Batch) Commit() (err error) {
 	if err := b.usable(); err != nil {
 		return err

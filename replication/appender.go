@@ -196,11 +196,21 @@ func (h *Host) persist(work []appendWork) error {
 // is written, as every commit index was before. The caller holds
 // Host.persistMu.
 func hardStateNeeded(r *replica, m *raftpb.Message) bool {
-	term, vote, commit := r.st.HardState()
-	if m.GetTerm() != term || m.GetVote() != vote {
+	if termOrVoteChanged(r, m) {
 		return true
 	}
+	_, _, commit := r.st.HardState()
 	return commit < r.confBarrier && r.confBarrier <= m.GetCommit()
+}
+
+// termOrVoteChanged reports whether m carries a hard state whose term or
+// vote differs from the one the log holds.
+func termOrVoteChanged(r *replica, m *raftpb.Message) bool {
+	if m.Term == nil {
+		return false
+	}
+	term, vote, _ := r.st.HardState()
+	return m.GetTerm() != term || m.GetVote() != vote
 }
 
 // noteConfChanges moves r's confBarrier past the configuration changes
@@ -221,12 +231,5 @@ func noteConfChanges(r *replica, ents []*raftpb.Entry) {
 // term or vote was synced; raft re-learns a lost commit index from the
 // leader (and recovery never lets it fall below what was applied).
 func needsSync(r *replica, m *raftpb.Message) bool {
-	if len(m.GetEntries()) > 0 || !raft.IsEmptySnap(m.GetSnapshot()) {
-		return true
-	}
-	if m.Term == nil {
-		return false
-	}
-	term, vote, _ := r.st.HardState()
-	return m.GetTerm() != term || m.GetVote() != vote
+	return len(m.GetEntries()) > 0 || !raft.IsEmptySnap(m.GetSnapshot()) || termOrVoteChanged(r, m)
 }

@@ -69,12 +69,11 @@ func (h *Host) routeHint(group uint64, m *raftpb.Message) bool {
 	return false
 }
 
-// releaseHints sends every held hint: the delay is over.
+// releaseHints sends every held hint: the delay is over. A group that
+// left this node had its hints dropped then (dropHints).
 func (h *Host) releaseHints() {
 	for key, m := range h.hints {
-		if _, ok := h.mu.groups[key.group]; ok {
-			h.outbox[key.to] = append(h.outbox[key.to], transport.Message{Group: key.group, Msg: m})
-		}
+		h.outbox[key.to] = append(h.outbox[key.to], transport.Message{Group: key.group, Msg: m})
 	}
 	clear(h.hints)
 	h.flushOutbox()

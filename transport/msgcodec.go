@@ -74,8 +74,13 @@ type entryBlock struct {
 // (proto2 enums are closed: proto.Unmarshal keeps an unknown value among
 // the unknown fields, not in the field). Otherwise it reports false and b
 // is left to proto.Unmarshal.
+//
+// One pass validates and fills everything but the entries, which it only
+// validates and sizes; a second pass decodes them into one slice of blocks
+// and one data buffer.
 func decodeMessageFast(b []byte) (*raftpb.Message, bool) {
-	// First pass: validate, and size the entries and their data.
+	blk := new(messageBlock)
+	m := &blk.m
 	var nEntries, dataLen int
 	for off := 0; off < len(b); {
 		num, typ, n := protowire.ConsumeTag(b[off:])
@@ -83,69 +88,42 @@ func decodeMessageFast(b []byte) (*raftpb.Message, bool) {
 			return nil, false
 		}
 		off += n
-		switch {
-		case num == msgFieldEntries && typ == protowire.BytesType:
-			v, n := protowire.ConsumeBytes(b[off:])
-			if n < 0 {
-				return nil, false
-			}
-			dl, ok := scanEntry(v)
-			if !ok {
-				return nil, false
-			}
-			nEntries++
-			dataLen += dl
-			off += n
-		case num == msgFieldContext && typ == protowire.BytesType:
-			_, n := protowire.ConsumeBytes(b[off:])
-			if n < 0 {
-				return nil, false
-			}
-			off += n
-		case typ == protowire.VarintType && isMessageScalar(num):
-			v, n := protowire.ConsumeVarint(b[off:])
-			if n < 0 || (num == msgFieldType && !knownMessageType(v)) {
-				return nil, false
-			}
-			off += n
-		default:
-			return nil, false
-		}
-	}
-
-	// Second pass: fill. Everything was validated above.
-	blk := new(messageBlock)
-	m := &blk.m
-	var (
-		ents []entryBlock
-		data []byte
-	)
-	if nEntries > 0 {
-		ents = make([]entryBlock, 0, nEntries)
-		m.Entries = make([]*raftpb.Entry, 0, nEntries)
-		data = make([]byte, 0, dataLen)
-	}
-	for off := 0; off < len(b); {
-		num, typ, n := protowire.ConsumeTag(b[off:])
-		off += n
 		if typ == protowire.BytesType {
 			v, n := protowire.ConsumeBytes(b[off:])
+			if n < 0 {
+				return nil, false
+			}
 			off += n
-			if num == msgFieldContext {
+			switch num {
+			case msgFieldEntries:
+				dl, ok := scanEntry(v)
+				if !ok {
+					return nil, false
+				}
+				nEntries++
+				dataLen += dl
+			case msgFieldContext:
 				// Last one wins, as in proto. Present but empty stays
 				// non-nil: proto tells the two apart.
 				m.Context = append(make([]byte, 0, len(v)), v...)
-				continue
+			default:
+				return nil, false
 			}
-			ents = ents[:len(ents)+1]
-			data = fillEntry(&ents[len(ents)-1], v, data)
-			m.Entries = append(m.Entries, &ents[len(ents)-1].e)
 			continue
 		}
+		if typ != protowire.VarintType {
+			return nil, false
+		}
 		v, n := protowire.ConsumeVarint(b[off:])
+		if n < 0 {
+			return nil, false
+		}
 		off += n
 		switch num {
 		case msgFieldType:
+			if !knownMessageType(v) {
+				return nil, false
+			}
 			blk.typ = raftpb.MessageType(v)
 			m.Type = &blk.typ
 		case msgFieldTo:
@@ -175,18 +153,35 @@ func decodeMessageFast(b []byte) (*raftpb.Message, bool) {
 		case msgFieldVote:
 			blk.vote = v
 			m.Vote = &blk.vote
+		default:
+			return nil, false
+		}
+	}
+	if nEntries == 0 {
+		return m, true
+	}
+
+	// The entries, validated above.
+	ents := make([]entryBlock, nEntries)
+	m.Entries = make([]*raftpb.Entry, 0, nEntries)
+	data := make([]byte, 0, dataLen)
+	for off := 0; off < len(b); {
+		num, typ, n := protowire.ConsumeTag(b[off:])
+		off += n
+		if typ != protowire.BytesType {
+			_, n = protowire.ConsumeVarint(b[off:])
+			off += n
+			continue
+		}
+		v, n := protowire.ConsumeBytes(b[off:])
+		off += n
+		if num == msgFieldEntries {
+			eb := &ents[len(m.Entries)]
+			data = fillEntry(eb, v, data)
+			m.Entries = append(m.Entries, &eb.e)
 		}
 	}
 	return m, true
-}
-
-func isMessageScalar(num protowire.Number) bool {
-	switch num {
-	case msgFieldType, msgFieldTo, msgFieldFrom, msgFieldTerm, msgFieldLogTerm, msgFieldIndex,
-		msgFieldCommit, msgFieldReject, msgFieldRejectHint, msgFieldVote:
-		return true
-	}
-	return false
 }
 
 // scanEntry validates an encoded Entry as decodeMessageFast does a Message,
