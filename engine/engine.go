@@ -157,7 +157,8 @@ func Open(dir string, opts *Options) (_ *Engine, err error) {
 	e.db = db
 	// Only after Pebble holds its directory lock: a second process opening
 	// the same dir must not delete the first one's staging files.
-	if err := e.clearStaging(); err == nil {
+	err = e.clearStaging()
+	if err == nil {
 		err = e.load()
 	}
 	if err != nil {

@@ -1,6 +1,7 @@
 package engine
 
 import (
+	"errors"
 	"fmt"
 	"math"
 	"math/rand/v2"
@@ -8,6 +9,7 @@ import (
 	"slices"
 	"testing"
 
+	"github.com/cockroachdb/pebble/v2"
 	"github.com/cockroachdb/pebble/v2/vfs"
 )
 
@@ -201,5 +203,41 @@ func TestConfStateBatchSynced(t *testing.T) {
 	st := crashed.Applied(7)
 	if st.Index != 1 || string(st.ConfState) != "voters 1 2 3" {
 		t.Fatalf("after the crash: applied %d, conf state %q; want 1 and the synced one", st.Index, st.ConfState)
+	}
+}
+
+// TestOpenRefusesCorruptState checks that Open fails with ErrCorrupt, rather
+// than starting a partition from the wrong applied index, when the state
+// keys it loads do not decode. (Open once dropped load's error.)
+func TestOpenRefusesCorruptState(t *testing.T) {
+	tests := []struct {
+		name       string
+		key, value []byte
+	}{
+		{"short applied state", appliedStateKey(5), make([]byte, appliedLen-1)},
+		{"long applied state", appliedStateKey(5), make([]byte, appliedLen+1)},
+		{"unknown kind", stateKey(5, 0x07), []byte("x")},
+		{"state key with trailing bytes", append(appliedStateKey(6), 0x00), make([]byte, appliedLen)},
+		{"key shorter than a header", []byte{0x00, 0x01}, []byte("x")},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			fs := vfs.NewMem()
+			e := openEngine(t, fs, "e", nil)
+			mustApply(t, e, 5, 1, 1, put("k", "v"))
+			if err := e.db.Set(tc.key, tc.value, pebble.Sync); err != nil {
+				t.Fatal(err)
+			}
+			if err := e.Close(); err != nil {
+				t.Fatal(err)
+			}
+			e2, err := Open("e", &Options{FS: fs})
+			if err == nil {
+				_ = e2.Close()
+			}
+			if !errors.Is(err, ErrCorrupt) {
+				t.Fatalf("Open = %v, want ErrCorrupt", err)
+			}
+		})
 	}
 }
