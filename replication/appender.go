@@ -39,8 +39,17 @@ func (h *Host) enqueueAppends(work []appendWork) {
 // transport, and to raft itself (MsgStorageAppendResp) through the loop's
 // inbox. While it waits on the disk, the loop keeps stepping messages and
 // proposals, and whatever arrives meanwhile joins the next batch.
+//
+// On a busy node a round waits out SyncInterval first (see syncPacer).
 func (h *Host) runAppender() {
 	defer h.wg.Done()
+	pacer := syncPacer{interval: h.cfg.SyncInterval, busyEntries: h.cfg.BusySyncEntries}
+	var timer *time.Timer
+	defer func() {
+		if timer != nil {
+			timer.Stop()
+		}
+	}()
 	for {
 		select {
 		case <-h.ctx.Done():
@@ -49,6 +58,19 @@ func (h *Host) runAppender() {
 		case <-h.appender.wake:
 		}
 		for {
+			if wait := pacer.wait(time.Now()); wait > 0 {
+				if timer == nil {
+					timer = time.NewTimer(wait)
+				} else {
+					timer.Reset(wait)
+				}
+				select {
+				case <-h.ctx.Done():
+					h.dropAppends()
+					return
+				case <-timer.C:
+				}
+			}
 			h.appender.Lock()
 			work := h.appender.queue
 			h.appender.queue = nil
@@ -56,13 +78,52 @@ func (h *Host) runAppender() {
 			if len(work) == 0 {
 				break
 			}
+			pacer.started(time.Now())
 			if err := h.persist(work); err != nil {
 				h.failStopFromTask(err)
 				h.dropAppends()
 				return
 			}
+			pacer.finished(countEntries(work))
 		}
 	}
+}
+
+// syncPacer spaces the appender's rounds while the node is busy: a round
+// that follows one of at least busyEntries entries starts no sooner than
+// interval after that one started (Config.SyncInterval). Times come from
+// the caller, with their monotonic readings, so a jump of the wall clock
+// changes nothing. The zero value never waits.
+type syncPacer struct {
+	interval    time.Duration
+	busyEntries int
+	lastStart   time.Time
+	busy        bool
+}
+
+// wait returns how long to wait, at now, before taking the queue.
+func (p *syncPacer) wait(now time.Time) time.Duration {
+	if !p.busy || p.interval <= 0 {
+		return 0
+	}
+	return max(p.interval-now.Sub(p.lastStart), 0)
+}
+
+// started records that a round started at now.
+func (p *syncPacer) started(now time.Time) { p.lastStart = now }
+
+// finished records how many log entries the round carried.
+func (p *syncPacer) finished(entries int) {
+	p.busy = p.busyEntries > 0 && entries >= p.busyEntries
+}
+
+// countEntries counts the log entries of a round of appends.
+func countEntries(work []appendWork) int {
+	n := 0
+	for _, w := range work {
+		n += len(w.m.GetEntries())
+	}
+	return n
 }
 
 // dropAppends discards queued writes on shutdown: nothing in them was
