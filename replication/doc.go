@@ -32,7 +32,7 @@
 // An fsync is not only a wait: on the test machine each costs 50–90 µs of
 // CPU in the kernel. Writing as soon as the previous round is done keeps
 // rounds small when CPU is to spare, and that CPU then goes to fsyncs. So
-// after a round of at least Config.BusySyncEntries entries (8), the
+// after a round of at least Config.BusySyncEntries entries (16), the
 // appender starts the next round no sooner than Config.SyncInterval
 // (800µs) after the previous one started; what arrives meanwhile joins it.
 // A node that is not busy, a lone writer for instance, never waits. See
