@@ -44,12 +44,9 @@ func (h *Host) enqueueAppends(work []appendWork) {
 func (h *Host) runAppender() {
 	defer h.wg.Done()
 	pacer := syncPacer{interval: h.cfg.SyncInterval, busyEntries: h.cfg.BusySyncEntries}
-	var timer *time.Timer
-	defer func() {
-		if timer != nil {
-			timer.Stop()
-		}
-	}()
+	timer := time.NewTimer(time.Hour)
+	timer.Stop()
+	defer timer.Stop()
 	for {
 		select {
 		case <-h.ctx.Done():
@@ -59,11 +56,7 @@ func (h *Host) runAppender() {
 		}
 		for {
 			if wait := pacer.wait(time.Now()); wait > 0 {
-				if timer == nil {
-					timer = time.NewTimer(wait)
-				} else {
-					timer.Reset(wait)
-				}
+				timer.Reset(wait)
 				select {
 				case <-h.ctx.Done():
 					h.dropAppends()
@@ -79,12 +72,13 @@ func (h *Host) runAppender() {
 				break
 			}
 			pacer.started(time.Now())
-			if err := h.persist(work); err != nil {
+			entries, err := h.persist(work)
+			if err != nil {
 				h.failStopFromTask(err)
 				h.dropAppends()
 				return
 			}
-			pacer.finished(countEntries(work))
+			pacer.finished(entries)
 		}
 	}
 }
@@ -117,15 +111,6 @@ func (p *syncPacer) finished(entries int) {
 	p.busy = p.busyEntries > 0 && entries >= p.busyEntries
 }
 
-// countEntries counts the log entries of a round of appends.
-func countEntries(work []appendWork) int {
-	n := 0
-	for _, w := range work {
-		n += len(w.m.GetEntries())
-	}
-	return n
-}
-
 // dropAppends discards queued writes on shutdown: nothing in them was
 // acknowledged, and staged snapshots are released.
 func (h *Host) dropAppends() {
@@ -140,8 +125,9 @@ func (h *Host) dropAppends() {
 	}
 }
 
-// persist writes one round of appends and delivers their responses.
-func (h *Host) persist(work []appendWork) error {
+// persist writes one round of appends and delivers their responses. It
+// returns the number of log entries it wrote.
+func (h *Host) persist(work []appendWork) (entries int, err error) {
 	h.persistMu.Lock()
 	defer h.persistMu.Unlock()
 
@@ -157,7 +143,7 @@ func (h *Host) persist(work []appendWork) error {
 		}
 		if err := h.installSnapshot(w.r, w.staged); err != nil {
 			w.staged.finish(err)
-			return err
+			return 0, err
 		}
 		w.staged.finish(nil)
 		r, idx := w.r, w.m.GetSnapshot().GetMetadata().GetIndex()
@@ -173,7 +159,8 @@ func (h *Host) persist(work []appendWork) error {
 			continue
 		}
 		m := w.m
-		sync = sync || needsSync(w.r, m)
+		termOrVote := termOrVoteChanged(w.r, m)
+		sync = sync || needsSync(m, termOrVote)
 		i, ok := slot[w.r.id]
 		if !ok {
 			i = len(ups)
@@ -185,6 +172,7 @@ func (h *Host) persist(work []appendWork) error {
 			u.Snapshot, u.Entries = s, nil
 		}
 		if ents := m.GetEntries(); len(ents) > 0 {
+			entries += len(ents)
 			noteConfChanges(w.r, ents)
 			if len(u.Entries) == 0 {
 				u.Entries = ents
@@ -201,7 +189,7 @@ func (h *Host) persist(work []appendWork) error {
 				u.Entries = append(keep, ents...)
 			}
 		}
-		if m.Term != nil && (u.HardState != nil || u.Snapshot != nil || hardStateNeeded(w.r, m)) {
+		if m.Term != nil && (u.HardState != nil || u.Snapshot != nil || hardStateNeeded(w.r, m, termOrVote)) {
 			u.HardState = &raftpb.HardState{Term: m.Term, Vote: m.Vote, Commit: m.Commit}
 		}
 	}
@@ -218,7 +206,7 @@ func (h *Host) persist(work []appendWork) error {
 		}
 		t0 := time.Now()
 		if err := write(ups); err != nil {
-			return fmt.Errorf("wal append: %w", err)
+			return 0, fmt.Errorf("wal append: %w", err)
 		}
 		h.metrics.walNanos.Add(uint64(time.Since(t0)))
 	}
@@ -241,7 +229,7 @@ func (h *Host) persist(work []appendWork) error {
 	if len(local) > 0 {
 		h.HandleMessages(h.cfg.NodeID, local)
 	}
-	return nil
+	return entries, nil
 }
 
 // hardStateNeeded reports whether m's hard state must be written. Term
@@ -254,10 +242,10 @@ func (h *Host) persist(work []appendWork) error {
 // change is unapplied, and a restarted replica that forgot such a change
 // was committed could campaign in the old configuration. So a commit index
 // that passes an index where a configuration change may sit (confBarrier)
-// is written, as every commit index was before. The caller holds
-// Host.persistMu.
-func hardStateNeeded(r *replica, m *raftpb.Message) bool {
-	if termOrVoteChanged(r, m) {
+// is written, as every commit index was before. termOrVote is
+// termOrVoteChanged(r, m). The caller holds Host.persistMu.
+func hardStateNeeded(r *replica, m *raftpb.Message, termOrVote bool) bool {
+	if termOrVote {
 		return true
 	}
 	_, _, commit := r.st.HardState()
@@ -291,6 +279,7 @@ func noteConfChanges(r *replica, ents []*raftpb.Entry) {
 // writes of earlier rounds, and every round with entries, a snapshot or a
 // term or vote was synced; raft re-learns a lost commit index from the
 // leader (and recovery never lets it fall below what was applied).
-func needsSync(r *replica, m *raftpb.Message) bool {
-	return len(m.GetEntries()) > 0 || !raft.IsEmptySnap(m.GetSnapshot()) || termOrVoteChanged(r, m)
+// termOrVote is termOrVoteChanged for m.
+func needsSync(m *raftpb.Message, termOrVote bool) bool {
+	return len(m.GetEntries()) > 0 || !raft.IsEmptySnap(m.GetSnapshot()) || termOrVote
 }
